@@ -13,7 +13,7 @@ import numpy as np
 
 from .problem import Problem
 
-TIE = 1e-13  # ψ values this close count as equal: ties go to the smaller set (see exact_solver.md §5)
+TIE = 1e-14  # ψ values this close count as equal: ties go to the smaller set (see exact_solver.md §5)
 
 
 def order(problem: Problem) -> np.ndarray:
