@@ -1,0 +1,126 @@
+"""Distributions: choose p, q, n and the draft law; every other page uses this problem."""
+
+import streamlit as st
+
+import globalres as gr
+import ui
+from globalres import viz
+
+problem = ui.page_setup("Distributions", "Target p, draft q, n drafts and the law they are drawn by.",
+                        stop_on_error=False)
+s = ui.state()
+
+
+def _set_entry(name: str, i: int, key: str) -> None:
+    values = s[name].split(",")
+    value = st.session_state[key]
+    values[i] = repr(float(value)) if name != "lab" else str(value).replace(",", " ")
+    s[name] = ",".join(values)
+
+
+def _resize(delta: int) -> None:
+    p, q, lab = s["p"].split(","), s["q"].split(","), s["lab"].split(",") if s["lab"] else []
+    if delta > 0:
+        p, q = p + ["0.1"], q + ["0.1"]
+        lab = lab + [f"t{len(p) - 1}"] if lab else lab
+    elif len(p) > 1:
+        p, q, lab = p[:-1], q[:-1], lab[:-1]
+    ui.replace_state({"p": ",".join(p), "q": ",".join(q), "lab": ",".join(lab)})
+
+
+def _upload(upload_key: str) -> None:
+    file = st.session_state[upload_key]
+    if file is None:
+        return
+    try:
+        target, draft = ui.load_logits_file(file.name, file.getvalue())
+    except gr.InputError as err:
+        st.session_state["dist.upload_error"] = str(err)
+        return
+    st.session_state.pop("dist.upload_error", None)
+    ui.replace_state({"tl": ",".join(repr(float(x)) for x in target),
+                      "dl": ",".join(repr(float(x)) for x in draft), "lab": ""})
+
+
+edit, view = st.columns([2, 3], gap="large")
+with edit:
+    ui.bind(st.radio, "src", "Source", options=ui.SOURCES, horizontal=True, format_func=ui.SOURCE_NAMES.get)
+    src = s["src"]
+    if src == "preset":
+        ui.bind(st.selectbox, "preset", "Preset", options=list(gr.PRESETS),
+                format_func=lambda name: f"{name}: {gr.PRESETS[name][1]}")
+    elif src == "random":
+        ui.bind(st.slider, "V", "V: vocabulary size", min_value=2, max_value=ui.MAX_V_RANDOM)
+        c1, c2, c3 = st.columns(3)
+        with c1:
+            ui.bind(st.number_input, "seed", "seed", min_value=0, step=1)
+        with c2:
+            ui.bind(st.number_input, "conc", "Dirichlet concentration", min_value=0.001, max_value=1000.0,
+                    format="%.3f")
+        with c3:
+            ui.bind(st.number_input, "topk", "draft top-k (0: off)", min_value=0, max_value=ui.MAX_V_RANDOM)
+    elif src == "logits":
+        ui.bind(st.text_area, "tl", "Target logits (comma-separated)", height=80)
+        ui.bind(st.text_area, "dl", "Draft logits (comma-separated)", height=80)
+        upload_key = ui.wkey("upload")
+        st.file_uploader("…or upload logits (.npy of shape (2, V); .npz or .safetensors with arrays "
+                         "'target' and 'draft'). Files are read without unpickling.",
+                         type=["npy", "npz", "safetensors"], key=upload_key, on_change=_upload,
+                         args=(upload_key,))
+        if "dist.upload_error" in st.session_state:
+            st.error(st.session_state["dist.upload_error"])
+        c1, c2, c3 = st.columns(3)
+        with c1:
+            ui.bind(st.slider, "T", "temperature", min_value=0.05, max_value=5.0, step=0.05)
+        with c2:
+            ui.bind(st.number_input, "k", "draft top-k (0: off)", min_value=0, max_value=ui.MAX_V_UPLOAD)
+        with c3:
+            ui.bind(st.slider, "tp", "draft top-p", min_value=0.05, max_value=1.0, step=0.01)
+        ui.bind(st.text_input, "lab", "Token labels (comma-separated, optional)")
+    else:
+        p, q = s["p"].split(","), s["q"].split(",")
+        lab = s["lab"].split(",") if s["lab"] else [str(i) for i in range(len(p))]
+        st.caption("Weights are renormalised live: any non-negative numbers will do.")
+        head = st.columns([2, 2, 2, 1, 1])
+        for col, text in zip(head, ["token", "p weight", "q weight", "p", "q"]):
+            col.markdown(f"**{text}**")
+        total_p = sum(max(float(x), 0.0) for x in p if ui._is_float(x)) or 1.0
+        total_q = sum(max(float(x), 0.0) for x in q if ui._is_float(x)) or 1.0
+        for i in range(min(len(p), ui.MAX_V_MANUAL)):
+            cols = st.columns([2, 2, 2, 1, 1])
+            for col, name, values in ((cols[1], "p", p), (cols[2], "q", q)):
+                key = ui.wkey(f"{name}{i}")
+                value = float(values[i]) if i < len(values) and ui._is_float(values[i]) else 0.0
+                col.number_input(f"{name} weight of token {i}", value=max(value, 0.0), min_value=0.0, step=0.01,
+                                 format="%.4f", key=key, label_visibility="collapsed", on_change=_set_entry,
+                                 args=(name, i, key))
+            if s["lab"]:
+                key = ui.wkey(f"lab{i}")
+                cols[0].text_input(f"label of token {i}", value=lab[i] if i < len(lab) else "", key=key,
+                                   label_visibility="collapsed", on_change=_set_entry, args=("lab", i, key))
+            else:
+                cols[0].markdown(f"`{i}`")
+            cols[3].write(f"{float(p[i]) / total_p:.3f}" if ui._is_float(p[i]) else "?")
+            cols[4].write(f"{float(q[i]) / total_q:.3f}" if i < len(q) and ui._is_float(q[i]) else "?")
+        b1, b2 = st.columns(2)
+        b1.button("Add a token", on_click=_resize, args=(1,), disabled=len(p) >= ui.MAX_V_MANUAL)
+        b2.button("Remove the last token", on_click=_resize, args=(-1,), disabled=len(p) <= 1)
+    if src != "manual" and problem is not None:
+        st.button("Edit these numbers by hand", on_click=ui.replace_state, args=(ui.manual_state_from(problem),))
+
+with view:
+    if problem is None:
+        st.info("Fix the input on the left to see the distributions.")
+        st.stop()
+    H = ui.hstar(problem.key())
+    a = ui.alpha(problem.key())
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("α* = 1 + ψ(H*)", f"{a:.6f}")
+    c2.metric("|H*|", len(H))
+    c3.metric("V", problem.V)
+    c4.metric("draft tuples Vⁿ", f"{problem.V ** problem.n:,}")
+    ui.chart(viz.distributions(problem, H), "distributions", "dist.bars")
+    st.dataframe(
+        {"token": [problem.label(i) for i in range(problem.V)], "p": problem.p, "q": problem.q,
+         "in H*": [i in H for i in range(problem.V)]},
+        hide_index=True, width="stretch")

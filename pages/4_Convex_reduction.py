@@ -1,0 +1,62 @@
+"""Convex reduction: ψ along the q/p chain, the outer segments, the weights and the solvers' iterations."""
+
+import numpy as np
+import streamlit as st
+
+import ui
+from globalres import viz
+from globalres.subset import outer_segments
+
+METHODS = {"global_resolution": "Global Resolution (the paper, truncated)", "exact": "exact (truncation-free)"}
+
+problem = ui.page_setup(
+    "Convex reduction",
+    "α* = 1 + min_H ψ(H), ψ(H) = p(H) − q(H)ⁿ; the minimisers are prefixes of the tokens sorted by q/p "
+    "(Lemma 6.3), and the outer targets follow a running minimum along the rest of the chain (Thm 6.2).")
+a = ui.alpha(problem.key())
+chain, segs = st.columns([3, 2], gap="large")
+with chain:
+    ui.chart(viz.psi_chain(problem), "psi_chain", "cx.psi")
+with segs:
+    st.subheader("Outer segments (Thm 6.2)")
+    if problem.law != "iid":
+        st.info("The outer segments and their targets are derived for i.i.d. drafts; switch the law to iid.")
+    else:
+        segments, masses, targets = outer_segments(problem)
+        st.dataframe({"segment": [f"G{l + 1}" for l in range(len(segments))],
+                      "tokens": [", ".join(problem.label(int(t)) for t in g) for g in segments],
+                      "mass M_l": masses,
+                      "targets t(v)": [", ".join(f"{targets[int(t)]:.4f}" for t in g) for g in segments]},
+                     hide_index=True, width="stretch")
+        st.latex(r"M_l = Q(H_{r_l}^n) - Q(H_{r_{l+1}}^n),\quad \rho(v) \propto p(v) - t(v)")
+        st.caption("A segment receives the draft mass of tuples whose most under-drafted outer draft lies in "
+                   "it; rejections are redrawn from the residual ρ.")
+
+st.subheader("Solvers")
+cols = st.columns(len(METHODS), gap="large")
+for col, (method, name) in zip(cols, METHODS.items()):
+    with col:
+        st.markdown(f"**{name}**")
+        out = ui.solve(problem, method)
+        if not ui.show_outcome(out):
+            continue
+        plan = out.plan
+        c1, c2 = st.columns(2)
+        c1.metric("α", f"{plan.acceptance:.8f}", delta=f"{plan.acceptance - a:+.1e} vs α*", delta_color="off")
+        c2.metric("solve time", ui.ms(out.seconds))
+        errors = ui.audit_errors(problem, method)
+        if errors is not None:
+            st.markdown(f"Exact enumeration: ‖output − p‖₁ = **{errors[0]:.2e}**, "
+                        f"|acceptance − α*| = **{errors[1]:.2e}**")
+        weights = ui.weights(plan)
+        if weights is not None:
+            ui.chart(viz.token_weights(problem, weights, np.isin(np.arange(problem.V), plan.h_star
+                                                                 if plan.h_star is not None else []),
+                                       "weights w = e^a (outer), e^b (inner)"), f"weights_{method}",
+                     f"cx.w.{method}")
+        series = ui.series(plan.info)
+        if series:
+            ui.chart(viz.traces(series, "objective per iteration", "objective"), f"objective_{method}",
+                     f"cx.obj.{method}")
+        else:
+            st.caption("This solver reports no per-iteration objective for this instance.")

@@ -1,0 +1,298 @@
+"""The app's pages through streamlit.testing's AppTest, and the pure helpers in ui.py and viz.py.
+
+Every page: the default state renders without exception or error; a changed input reruns cleanly
+and lands in the URL; a bad input shows st.error (never a traceback). Budget: well under 2 minutes.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # pages import `ui` from the repository root, as `streamlit run` does
+
+import globalres as gr  # noqa: E402
+import ui  # noqa: E402
+from globalres import viz  # noqa: E402
+
+PAGES = ["app.py"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))
+BAD_Q = {"src": "manual", "p": "1,2,3", "q": "0,0,0"}  # q has no support: Problem refuses it
+
+
+def run(page: str, params: dict | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / page), default_timeout=60)
+    at.query_params.update(params or {})
+    return at.run()
+
+
+def widget(elements, name: str):
+    """The widget bound to state entry `name` (its key carries the state generation: w.<name>.<gen>)."""
+    return next(e for e in elements if (e.key or "").rsplit(".", 1)[0] == f"w.{name}")
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_every_page_is_listed_in_the_navigation():
+    linked = {path for path, _, _ in ui.PAGES}
+    assert linked == set(PAGES)
+    assert len(PAGES) == 8
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_default_state_renders(page):
+    at = run(page)
+    assert_clean(at)
+    assert at.title, "every page has a title"
+    assert at.get("plotly_chart"), "every page draws at least one chart"
+    assert at.query_params == {}, "the default state needs no URL parameters"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_changing_n_reruns_and_lands_in_the_url(page):
+    at = run(page)
+    at.sidebar.slider[0].set_value(3).run()
+    assert_clean(at)
+    assert at.session_state["gr.state"]["n"] == 3
+    assert at.query_params == {"n": "3"}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_bad_input_shows_an_error_not_a_traceback(page):
+    at = run(page, BAD_Q)
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("q is all zeros" in e.value for e in at.error)
+    assert any(b.label == "Reset to the default example" for b in at.button)
+
+
+def test_url_reproduces_the_state_on_another_page():
+    params = {"src": "random", "V": "7", "seed": "3", "n": "3", "law": "wor", "conc": "0.5"}
+    at = run("pages/4_Convex_reduction.py", params)
+    assert_clean(at)
+    expected = gr.Problem.random(7, 3, seed=3, concentration=0.5, law="wor")
+    assert at.query_params == params, "a state read from the URL is written back unchanged"
+    problem = ui.problem_from_state(at.session_state["gr.state"])
+    assert problem.key() == expected.key()
+    assert at.sidebar.metric[0].value == f"{gr.alpha_star(expected):.6f}"
+
+
+def test_bad_url_values_fall_back_with_a_warning():
+    at = run("app.py", {"n": "abc", "law": "sideways", "V": "9999", "zzz": "1"})
+    assert_clean(at)
+    text = " ".join(w.value for w in at.warning)
+    assert "n='abc'" in text and "law='sideways'" in text and "V='9999'" in text and "'zzz'" in text
+    state = at.session_state["gr.state"]
+    assert (state["n"], state["law"], state["V"]) == (2, "iid", 6)
+
+
+def test_reset_button_restores_the_default_example():
+    at = run("pages/2_OTLP.py", BAD_Q)
+    next(b for b in at.button if b.label == "Reset to the default example").click().run()
+    assert_clean(at)
+    assert at.session_state["gr.state"] == ui.DEFAULTS
+    assert at.query_params == {}
+
+
+# ----------------------------------------------------------------------------- Distributions
+def test_distributions_switch_to_manual_keeps_the_problem_exactly():
+    at = run("pages/1_Distributions.py", {"preset": "khisti", "n": "3"})
+    before = ui.problem_from_state(at.session_state["gr.state"])
+    at.radio[0].set_value("manual").run()
+    assert_clean(at)
+    after = ui.problem_from_state(at.session_state["gr.state"])
+    np.testing.assert_array_equal(after.p, before.p)
+    np.testing.assert_array_equal(after.q, before.q)
+    assert after.labels == ("a", "b", "c")
+
+
+def test_distributions_manual_weights_are_renormalised_live():
+    at = run("pages/1_Distributions.py", {"src": "manual", "p": "1,1", "q": "1,1"})
+    assert_clean(at)
+    widget(at.number_input, "q1").set_value(3.0).run()  # q weights 1, 3 → q = (1/4, 3/4)
+    assert_clean(at)
+    problem = ui.problem_from_state(at.session_state["gr.state"])
+    np.testing.assert_allclose(problem.q, [0.25, 0.75], atol=1e-15)
+    assert at.query_params["q"] == "1,3.0"
+    # α* for p = (1/2, 1/2), q = (1/4, 3/4), n = 2: H* = {1}, ψ = 1/2 − 9/16
+    assert at.sidebar.metric[0].value == f"{1 + 0.5 - 0.5625:.6f}"
+
+
+def test_distributions_add_and_remove_tokens():
+    at = run("pages/1_Distributions.py", {"src": "manual", "p": "1,1", "q": "1,2"})
+    next(b for b in at.button if b.label == "Add a token").click().run()
+    assert ui.problem_from_state(at.session_state["gr.state"]).V == 3
+    next(b for b in at.button if b.label == "Remove the last token").click().run()
+    assert_clean(at)
+    assert ui.problem_from_state(at.session_state["gr.state"]).V == 2
+
+
+def test_distributions_bad_logits_show_an_error_with_a_fix():
+    at = run("pages/1_Distributions.py", {"src": "logits"})
+    assert_clean(at)
+    at.text_area[0].input("1, abc, 2").run()
+    assert not at.exception
+    assert any("'abc' is not a number" in e.value for e in at.error)
+
+
+def test_distributions_logits_with_top_k():
+    at = run("pages/1_Distributions.py", {"src": "logits", "k": "2"})
+    assert_clean(at)
+    problem = ui.problem_from_state(at.session_state["gr.state"])
+    assert int((problem.q > 0).sum()) == 2
+
+
+def test_distributions_random_source():
+    at = run("pages/1_Distributions.py", {"src": "random"})
+    widget(at.slider, "V").set_value(10).run()
+    assert_clean(at)
+    assert ui.problem_from_state(at.session_state["gr.state"]).V == 10
+
+
+# ----------------------------------------------------------------------------- other pages
+def test_otlp_size_guard_explains_itself():
+    at = run("pages/2_OTLP.py", {"src": "random", "V": "40", "n": "6"})
+    assert not at.exception
+    text = " ".join(w.value for w in at.warning)
+    assert "past the exact LP's limit" in text and "exact" in text
+
+
+def test_otlp_backend_choice():
+    at = run("pages/2_OTLP.py", {"be": "pot"})
+    assert_clean(at)
+    assert at.metric[0].value == "0.860000"
+
+
+def test_verifiers_monte_carlo_inputs_change():
+    at = run("pages/6_Verifiers.py")
+    assert_clean(at)
+    widget(at.number_input, "mc").set_value(5000).run()
+    assert_clean(at)
+    assert at.query_params == {"mc": "5000"}
+    assert any("Lossless" in s.value for s in at.success)
+
+
+def test_step_through_new_drafts_and_stages():
+    at = run("pages/7_Step_through.py", {"stage": "1"})
+    assert_clean(at)
+    assert not at.latex[1:], "stage 1 shows only the draft probability"
+    next(b for b in at.button if b.label == "New drafts").click().run()
+    assert_clean(at)
+    assert at.session_state["gr.state"]["ss"] == 1
+    at.select_slider[0].set_value(4).run()
+    assert_clean(at)
+    assert at.success or at.warning, "stage 4 says accepted or rejected"
+
+
+def test_side_by_side_agrees_on_alpha_star():
+    at = run("pages/5_Side_by_side.py", {"preset": "sglang", "n": "3"})
+    assert_clean(at)
+    assert any("agree" in s.value for s in at.success)
+
+
+# ----------------------------------------------------------------------------- ui helpers
+@given(n=hst.integers(1, ui.MAX_N), law=hst.sampled_from(gr.LAWS), conc=hst.floats(1e-3, 1e3),
+       T=hst.floats(1e-3, 1e3), seed=hst.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_url_encoding_round_trips_exactly(n, law, conc, T, seed):
+    state = dict(ui.DEFAULTS, n=n, law=law, conc=conc, T=T, seed=seed)
+    parsed, warnings = ui.parse_params(ui.encode_params(state))
+    assert warnings == []
+    assert parsed == state
+
+
+def test_manual_state_reproduces_a_problem_bit_for_bit():
+    problem = gr.Problem.random(9, 3, seed=11, concentration=0.3)
+    state = dict(ui.DEFAULTS, n=3, **ui.manual_state_from(problem))
+    rebuilt = ui.problem_from_state(ui.parse_params(ui.encode_params(state))[0])
+    np.testing.assert_array_equal(rebuilt.p, problem.p)
+    np.testing.assert_array_equal(rebuilt.q, problem.q)
+
+
+def _bytes(save, *args, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    save(buf, *args, **kwargs)
+    return buf.getvalue()
+
+
+def test_logits_files_load_without_unpickling():
+    target, draft = np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])
+    for name, data in [("a.npy", _bytes(np.save, np.stack([target, draft]))),
+                       ("b.npz", _bytes(np.savez, target=target, draft=draft)),
+                       ("c.npz", _bytes(np.savez, target, draft))]:
+        t, d = ui.load_logits_file(name, data)
+        np.testing.assert_array_equal(t, target)
+        np.testing.assert_array_equal(d, draft)
+    from safetensors.numpy import save
+
+    t, d = ui.load_logits_file("d.safetensors", save({"target": target, "draft": draft}))
+    np.testing.assert_array_equal(d, draft)
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("p.npy", _bytes(np.save, np.array([{"x": 1}], dtype=object), allow_pickle=True), "could not be read"),
+    ("x.pkl", b"\x80\x04K\x01.", "unsupported file type"),
+    ("one.npy", _bytes(np.save, np.zeros(5)), "expected shape \\(2, V\\)"),
+    ("three.npz", _bytes(np.savez, np.zeros(3), np.zeros(3), np.zeros(3)), "holds 3 arrays"),
+    ("mismatch.npz", _bytes(np.savez, target=np.zeros(3), draft=np.zeros(4)), "must match"),
+    ("big.npy", _bytes(np.save, np.zeros((2, ui.MAX_V_UPLOAD + 1))), "past the app's limit"),
+    ("junk.npz", b"not a zip", "could not be read"),
+])
+def test_bad_logits_files_raise_input_errors(name, data, message):
+    with pytest.raises(gr.InputError, match=message):
+        ui.load_logits_file(name, data)
+
+
+def test_plan_csv_rows_are_conditionals():
+    plan = gr.solve(gr.preset("reversed", 2), method="lp")
+    lines = ui.plan_csv(plan).strip().splitlines()
+    assert lines[0] == "drafts,Q,pi(cat),pi(dog),pi(cow)"
+    assert len(lines) == 1 + 6  # six multisets of 3 tokens, n = 2
+    body = np.array([[float(x) for x in line.rsplit('",', 1)[1].split(",")] for line in lines[1:]])
+    np.testing.assert_allclose(body[:, 0].sum(), 1.0, atol=1e-12)  # Q sums to one
+    np.testing.assert_allclose(body[:, 1:].sum(axis=1), 1.0, atol=1e-9)  # each π(·|ω) sums to one
+    np.testing.assert_allclose(body[:, 0] @ body[:, 1:], plan.problem.p, atol=1e-9)  # lossless
+
+
+def test_monte_carlo_matches_p():
+    problem = gr.preset("sglang", 2)
+    counts = ui.monte_carlo(problem.key(), "lp", 40_000, 0)
+    assert counts.sum() == 40_000
+    se = np.sqrt(problem.p * (1 - problem.p) / 40_000)
+    assert np.all(np.abs(counts / 40_000 - problem.p) < 5 * se)
+
+
+# ----------------------------------------------------------------------------- figures
+def test_psi_chain_marks_h_star_at_alpha_star():
+    problem = gr.Problem.random(8, 3, seed=2)
+    fig = viz.psi_chain(problem)
+    star = next(t for t in fig.data if t.name == "H*")
+    assert star.x[0] == gr.h_star(problem).size
+    np.testing.assert_allclose(star.y[0], gr.alpha_star(problem) - 1, atol=1e-12)
+
+
+def test_plan_heatmap_has_one_cell_per_multiset_and_token():
+    plan = gr.solve(gr.preset("khisti", 3), method="lp")
+    fig = viz.plan_heatmap(plan)
+    z = np.asarray(fig.data[0].z)
+    assert z.shape == (10, 3)  # C(3 + 3 − 1, 3) multisets × 3 tokens
+    outlined = fig.data[1]
+    assert len(outlined.x) == int(plan.info["member"].sum())
+    np.testing.assert_allclose(z[plan.info["member"]].sum(), plan.acceptance, atol=1e-9)
+
+
+def test_flow_network_colours_the_cut():
+    plan = gr.solve(gr.preset("reversed", 2), method="maxflow")
+    fig = viz.flow_network(plan.problem, plan.info["groups"], plan.info["group_probs"], plan.info["flow"],
+                           plan.h_star)
+    tokens = next(t for t in fig.data if t.name == "tokens")
+    assert [c == viz.GREEN for c in tokens.marker.color] == [False, True, True]  # H* = {dog, cow}
