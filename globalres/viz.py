@@ -19,6 +19,7 @@ BLACK, ORANGE, SKY, GREEN, YELLOW, BLUE, VERMILLION, PURPLE = (
     "#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
 P_COLOUR, Q_COLOUR, H_COLOUR, ACCEPT_COLOUR = BLUE, ORANGE, "rgba(0,158,115,0.15)", VERMILLION
 FONT = 16
+MAX_OUTLINES = 3000  # shapes beyond this make the browser sluggish
 
 
 def _style(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
@@ -69,16 +70,19 @@ def matrix_heatmap(problem: Problem, matrix: np.ndarray, groups: np.ndarray, mem
         with np.errstate(invalid="ignore", divide="ignore"):
             custom = np.where(np.asarray(group_probs)[:, None] > 0, z / np.asarray(group_probs)[:, None], 0.0)
         hover += "<br>π(output | drafts) = %{customdata:.4f}"
-    fig = go.Figure(go.Heatmap(z=z, x=cols, y=rows, colorscale="Viridis", customdata=custom,
-                               hovertemplate=hover + "<extra></extra>", colorbar=dict(title="mass"),
-                               texttemplate="%{z:.3f}" if N * V <= 120 else None))
+    text = np.where(z > 5e-4, np.char.mod("%.3f", z), "") if N * V <= 150 else None  # zeros stay blank
+    fig = go.Figure(go.Heatmap(z=z, x=cols, y=rows, colorscale="Viridis", customdata=custom, text=text,
+                               texttemplate="%{text}" if text is not None else None,
+                               hovertemplate=hover + "<extra></extra>", colorbar=dict(title="mass")))
     height = int(min(1400, 220 + 24 * N))
-    # an open square nearly the size of a cell outlines the accepting cells (token ∈ drafts)
-    cell = min((height - 120) / N, 520 / V)
     gi, ti = np.nonzero(member)
-    fig.add_scatter(x=[cols[t] for t in ti], y=[rows[g] for g in gi], mode="markers", name="token ∈ drafts (accepting)",
-                    marker=dict(symbol="square-open", size=max(5.0, 0.8 * cell), color=ACCEPT_COLOUR,
-                                line=dict(width=3)), hoverinfo="skip")
+    if gi.size <= MAX_OUTLINES:  # outline each accepting cell (token ∈ drafts); categories sit at 0, 1, …
+        for g, t in zip(gi, ti):
+            fig.add_shape(type="rect", x0=t - 0.5, x1=t + 0.5, y0=g - 0.5, y1=g + 0.5,
+                          line=dict(color=ACCEPT_COLOUR, width=3), layer="above")
+        fig.add_scatter(x=[None], y=[None], mode="markers", name="accepting cell (token ∈ drafts)",
+                        marker=dict(symbol="square-open", size=14, color=ACCEPT_COLOUR, line=dict(width=3)))
+    fig.update_layout(showlegend=True)
     fig.update_yaxes(autorange="reversed", title="draft multiset", type="category")
     fig.update_xaxes(title="output token", type="category")
     return _style(fig, title, height=height)
@@ -130,7 +134,7 @@ def psi_chain(problem: Problem) -> go.Figure:
                     line=dict(color=VERMILLION, dash="dash", width=2))
     fig.add_scatter(x=[k], y=[psi[k]], mode="markers+text", name="H*", text=[f"H*: α* = {1 + psi[k]:.5f}"],
                     textposition="bottom center", marker=dict(size=16, color=BLACK, symbol="star"))
-    fig.update_xaxes(title="prefix size (tokens sorted by q/p ↓; shaded: H*, then outer segments)",
+    fig.update_xaxes(title="prefix (tokens by q/p ↓); shaded: H*, outer segments",
                      tickvals=x, ticktext=names)
     fig.update_yaxes(title="ψ(H) = p(H) − Q(Hⁿ)")
     return _style(fig, "ψ along the q/p-sorted chain")
@@ -263,7 +267,7 @@ def flow_network(problem: Problem, groups: np.ndarray, group_probs: np.ndarray, 
                     textposition=["middle left", "middle right"], marker=dict(size=22, color=BLACK),
                     name="s, t", hoverinfo="skip")
     fig.add_scatter(x=[None], y=[None], mode="markers", marker=dict(size=18, color=GREEN), name="H* (min cut)")
-    fig.update_xaxes(visible=False, range=[-0.6, 3.8])
+    fig.update_xaxes(visible=False, range=[-0.9, 4.1])
     fig.update_yaxes(visible=False, range=[-0.08, 1.08])
     return _style(fig, title, height=int(min(1200, 300 + 18 * max(V, N))))
 

@@ -24,7 +24,7 @@ with left:
         plan = full.plan
         c1, c2, c3 = st.columns(3)
         c1.metric("α (LP)", f"{plan.acceptance:.6f}", delta=f"{plan.acceptance - a:+.1e} vs α*",
-                  delta_color="off")
+                  delta_color="off", delta_arrow="off")
         c2.metric("variables", f"{plan.info['variables']:,}")
         c3.metric("solve time", ui.ms(full.seconds))
         ui.chart(viz.plan_heatmap(plan), "otlp_plan", "otlp.full")

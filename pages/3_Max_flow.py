@@ -23,7 +23,7 @@ with side:
     if out.ok:
         plan = out.plan
         st.metric("max-flow value", f"{plan.info['flow_value']:.6f}",
-                  delta=f"{plan.info['flow_value'] - a:+.1e} vs α*", delta_color="off")
+                  delta=f"{plan.info['flow_value'] - a:+.1e} vs α*", delta_color="off", delta_arrow="off")
         st.metric("min-cut value", f"{plan.info['cut_value']:.6f}")
         st.metric("solve time", ui.ms(out.seconds))
         same = sorted(plan.h_star.tolist()) == sorted(H_scan)

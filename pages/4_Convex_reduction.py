@@ -42,7 +42,7 @@ for col, (method, name) in zip(cols, METHODS.items()):
             continue
         plan = out.plan
         c1, c2 = st.columns(2)
-        c1.metric("α", f"{plan.acceptance:.8f}", delta=f"{plan.acceptance - a:+.1e} vs α*", delta_color="off")
+        c1.metric("α", f"{plan.acceptance:.8f}", delta=f"{plan.acceptance - a:+.1e} vs α*", delta_color="off", delta_arrow="off")
         c2.metric("solve time", ui.ms(out.seconds))
         errors = ui.audit_errors(problem, method)
         if errors is not None:

@@ -27,15 +27,13 @@ for col, (name, out) in zip(cols, views.items()):
         if out.method in ("exact", "global_resolution") and not out.ok:
             # the ψ chain needs no solver: show it with the sorted scan's α*
             ui.show_outcome(out)
-            st.metric("α* (sorted scan)", f"{a:.8f}")
+            st.markdown(f"α* (sorted scan) = **{a:.8f}**")
             ui.chart(viz.psi_chain(problem).update_layout(height=420, showlegend=False), "side_psi", "sbs.psi")
             continue
         if not ui.show_outcome(out):
             continue
         plan = out.plan
-        c1, c2 = st.columns(2)
-        c1.metric("α", f"{plan.acceptance:.8f}")
-        c2.metric("solve time", ui.ms(out.seconds))
+        st.markdown(f"α = **{plan.acceptance:.8f}** · solved in **{ui.ms(out.seconds)}**")
         if out.method == "lp":
             fig = viz.plan_heatmap(plan, title="plan C")
         elif out.method == "maxflow":

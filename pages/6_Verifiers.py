@@ -25,14 +25,16 @@ for method in ("exact", "lp") + ui.VERIFIERS:
     lossless.append(ok)
     rows.append({"verifier": method, "acceptance": out.plan.acceptance,
                  "‖output − p‖₁": None if errors is None else errors[0],
-                 "lossless": "✅" if errors is not None and ok else ("❌" if errors is not None else "not checked"),
+                 "lossless": "✓ yes" if errors is not None and ok else ("✗ no" if errors is not None else "not checked"),
                  "note": "" if errors is not None else f"more than {ui.MAX_AUDIT:,} draft tuples"})
 
 left, right = st.columns(2, gap="large")
 with left:
     if names:
         ui.chart(viz.acceptance_bars(names, accs, a, lossless), "verifier_acceptance", "ver.bars")
-    st.dataframe(rows, hide_index=True, width="stretch")
+    st.dataframe(rows, hide_index=True, width="stretch", column_config={
+        "acceptance": st.column_config.NumberColumn(format="%.6f"),
+        "‖output − p‖₁": st.column_config.NumberColumn(format="%.1e")})
     if missing:
         st.info("Not available in this installation yet: " + ", ".join(missing) + ".")
 with right:
@@ -54,6 +56,7 @@ with right:
     if errors is None:
         st.info(f"More than {ui.MAX_AUDIT:,} draft tuples: losslessness not checked by enumeration here.")
     elif errors[0] <= 1e-6:
-        st.success(f"✅ Lossless by exact enumeration of all draft tuples: ‖output law − p‖₁ = {errors[0]:.1e}.")
+        st.success(f"Lossless by exact enumeration of all draft tuples: ‖output law − p‖₁ = {errors[0]:.1e}.",
+                   icon=":material/check_circle:")
     else:
-        st.error(f"❌ Not lossless: ‖output law − p‖₁ = {errors[0]:.3e} by exact enumeration.")
+        st.error(f"Not lossless: ‖output law − p‖₁ = {errors[0]:.3e} by exact enumeration.", icon=":material/cancel:")
