@@ -254,11 +254,12 @@ def flow_network(problem: Problem, groups: np.ndarray, group_probs: np.ndarray, 
     edges([2] * N, grp_y, [3] * N, [0.5] * N, outflow, [f"{x:.5f}" for x in group_probs], "drafts → sink",
           ORANGE)
     labels = _labels(problem)
-    colours = [GREEN if i in H else BLUE for i in range(V)]
-    fig.add_scatter(x=[1] * V, y=tok_y, mode="markers+text", text=labels, textposition="middle left",
-                    marker=dict(size=18, color=colours, line=dict(color=BLACK, width=1)), name="tokens",
-                    hovertext=[f"{labels[i]}: p = {problem.p[i]:.5f}, flow in {inflow[i]:.5f}"
-                               + (" (in H*)" if i in H else "") for i in range(V)], hoverinfo="text")
+    hover = [f"{labels[i]}: p = {problem.p[i]:.5f}, flow in {inflow[i]:.5f}" for i in range(V)]
+    for inside, name, colour in ((False, "tokens (source side)", BLUE), (True, "H* (sink side of the min cut)", GREEN)):
+        ids = [i for i in range(V) if (i in H) == inside]
+        fig.add_scatter(x=[1] * len(ids), y=tok_y[ids], mode="markers+text", text=[labels[i] for i in ids],
+                        textposition="middle left", name=name, hovertext=[hover[i] for i in ids], hoverinfo="text",
+                        marker=dict(size=18, color=colour, line=dict(color=BLACK, width=1)))
     fig.add_scatter(x=[2] * N, y=grp_y, mode="markers+text", text=glabels if N <= 40 else None,
                     textposition="middle right", marker=dict(size=12, color=ORANGE), name="draft multisets",
                     hovertext=[f"{glabels[g]}: Q = {group_probs[g]:.5f}, flow out {outflow[g]:.5f}"
@@ -266,7 +267,6 @@ def flow_network(problem: Problem, groups: np.ndarray, group_probs: np.ndarray, 
     fig.add_scatter(x=[0, 3], y=[0.5, 0.5], mode="markers+text", text=["source s", "sink t"],
                     textposition=["middle left", "middle right"], marker=dict(size=22, color=BLACK),
                     name="s, t", hoverinfo="skip")
-    fig.add_scatter(x=[None], y=[None], mode="markers", marker=dict(size=18, color=GREEN), name="H* (min cut)")
     fig.update_xaxes(visible=False, range=[-0.9, 4.1])
     fig.update_yaxes(visible=False, range=[-0.08, 1.08])
     return _style(fig, title, height=int(min(1200, 300 + 18 * max(V, N))))

@@ -81,13 +81,13 @@ with edit:
         p, q = s["p"].split(","), s["q"].split(",")
         lab = s["lab"].split(",") if s["lab"] else [str(i) for i in range(len(p))]
         st.caption("Weights are renormalised live: any non-negative numbers will do.")
-        head = st.columns([2, 2, 2, 1, 1])
+        head = st.columns([1.6, 2, 2, 1.2, 1.2])
         for col, text in zip(head, ["token", "p weight", "q weight", "p", "q"]):
             col.markdown(f"**{text}**")
         total_p = sum(max(float(x), 0.0) for x in p if ui._is_float(x)) or 1.0
         total_q = sum(max(float(x), 0.0) for x in q if ui._is_float(x)) or 1.0
         for i in range(min(len(p), ui.MAX_V_MANUAL)):
-            cols = st.columns([2, 2, 2, 1, 1])
+            cols = st.columns([1.6, 2, 2, 1.2, 1.2])
             for col, name, values in ((cols[1], "p", p), (cols[2], "q", q)):
                 key = ui.wkey(f"{name}{i}")
                 value = float(values[i]) if i < len(values) and ui._is_float(values[i]) else 0.0
