@@ -126,6 +126,21 @@ def test_slider_changes_state_and_url(server, page, shots):
     page.screenshot(path=str(shots / "distributions_n3.png"))
 
 
+def test_upload_logits_file(server, page, shots, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "logits.npz"
+    np.savez(path, target=np.array([3.0, 1.0, 0.0, -1.0]), draft=np.array([0.0, 1.0, 3.0, 0.5]))
+    page.goto(f"{server}/Distributions?src=logits", wait_until="networkidle")
+    _settle(page)
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(path))
+    _settle(page)
+    page.wait_for_function("() => location.search.includes('tl=3.0')", timeout=15_000)
+    _assert_clean(page, "after upload")
+    assert "draft tuples" in page.inner_text("body")
+    page.screenshot(path=str(shots / "distributions_upload.png"))
+
+
 def test_url_reproduces_state(server, page, shots):
     page.goto(f"{server}/Convex_reduction?src=random&V=9&seed=4&n=3", wait_until="networkidle")
     _settle(page)
