@@ -338,6 +338,8 @@ def _solve(key: tuple, method: str, options: tuple) -> Outcome:
         return Outcome(method, note=f"{method} raised {type(err).__name__}: {err}. Please report this instance "
                                     f"(copy the URL).")
     seconds = time.perf_counter() - start
+    if not isinstance(plan, gr.Plan):
+        return Outcome(method, note=f"{method} returned a {type(plan).__name__}, not a Plan. Please report this.")
     note = "" if plan.success else f"{method} did not finish: {plan.message}"
     return Outcome(method, plan, seconds, note)
 

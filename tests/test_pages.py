@@ -296,3 +296,44 @@ def test_flow_network_colours_the_cut():
     cut = next(t for t in fig.data if (t.name or "").startswith("H*"))
     assert list(cut.text) == ["dog", "cow"]  # H* = {dog, cow}
     assert cut.marker.color == viz.GREEN
+
+
+def test_pages_explain_a_method_that_is_not_installed(monkeypatch):
+    monkeypatch.setitem(gr.SOLVERS, "exact", "no_such_module:solve")
+    monkeypatch.setitem(gr.SOLVERS, "global_resolution", "no_such_module:solve")
+    assert not ui.available("exact")
+    for page in ("pages/4_Convex_reduction.py", "pages/5_Side_by_side.py"):
+        at = run(page)
+        assert_clean(at)
+        assert any("'exact' method is not available" in i.value for i in at.info)
+
+
+def test_a_crashing_solver_is_a_message_not_a_traceback(monkeypatch):
+    monkeypatch.setitem(gr.SOLVERS, "maxflow", "otlp:group_count")  # returns an int, not a Plan
+    ui._solve.clear()
+    at = run("pages/3_Max_flow.py", {"seed": "5", "src": "random"})
+    ui._solve.clear()
+    assert not at.exception
+    assert any("maxflow returned a int, not a Plan" in w.value for w in at.warning)
+    monkeypatch.setitem(gr.SOLVERS, "maxflow", "otlp:_solve_lp")  # raises on a Problem as its cost vector
+    at = run("pages/3_Max_flow.py", {"seed": "6", "src": "random"})
+    ui._solve.clear()
+    assert not at.exception
+    assert any("maxflow raised" in w.value for w in at.warning)
+
+
+def test_small_figures():
+    problem = gr.preset("reversed", 2)
+    assert len(viz.pipeline().layout.shapes) == 4
+    fig = viz.acceptance_bars(["a", "b"], [0.5, 0.86], 0.86, [True, False])
+    assert list(fig.data[0].x) == [0.5, 0.86] and fig.data[0].marker.color == (viz.GREEN, viz.VERMILLION)
+    fig = viz.mc_histogram(problem, np.array([50, 30, 20]))
+    np.testing.assert_allclose(fig.data[0].y, [0.5, 0.3, 0.2], atol=1e-15)
+    fig = viz.step_bars(problem, [1, 2], np.array([0.0, 0.7, 0.3]), output=1)
+    assert list(fig.data[0].marker.line.width) == [0, 4, 0]
+    fig = viz.token_weights(problem, np.array([0.0, 2.0, np.e]), np.array([False, True, True]), "w")
+    np.testing.assert_allclose(fig.data[0].y, [np.log(2.0), 1.0], atol=1e-15)
+    fig = viz.traces({"gr": [3.0, 2.0, 1.5], "exact": [1.0]}, "objective", "f")
+    assert [len(t.y) for t in fig.data] == [3, 1]
+    plan = gr.solve(problem, method="relaxed_lp")
+    np.testing.assert_allclose(np.sum(viz.residuals(plan).data[0].y), 1 - plan.acceptance, atol=1e-9)
