@@ -494,6 +494,17 @@ def step(plan: gr.Plan, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
     return drafts, pi, int(rng.choice(pi.size, p=pi / pi.sum()))
 
 
+def residual(problem: gr.Problem) -> np.ndarray | None:
+    """ρ ∝ p − t on the outer tokens (Thm 6.2's targets t), the law a rejection redraws from; None if
+    there is nothing to redraw (α* = 1). For i.i.d. drafts only."""
+    from globalres.subset import outer_segments
+
+    targets = outer_segments(problem)[2]
+    rho = np.where(problem.mask(gr.h_star(problem)), 0.0, np.maximum(problem.p - targets, 0.0))
+    rho[rho < 1e-12] = 0.0
+    return rho / rho.sum() if rho.sum() > 0 else None
+
+
 def plan_csv(plan: gr.Plan) -> str:
     """π(·|ω) for every draft multiset as CSV: one row per multiset with its probability Q."""
     from globalres.otlp import draft_groups

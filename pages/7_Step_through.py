@@ -74,7 +74,8 @@ def draw(stage: int) -> None:
                 else:
                     st.latex(r"\pi(x_j \mid \omega) \propto w_{x_j},\ x_j \in G_l")
                 p_acc = float(sum(pi[i] for i in set(drafts.tolist())))
-                st.markdown(f"P(accept | ω) = **{p_acc:.4f}**")
+                terms = ", ".join(f"π({label(i)}|ω) = {pi[i]:.4f}" for i in sorted(set(drafts.tolist())))
+                st.markdown(f"{terms}; P(accept | ω) = **{p_acc:.4f}**, P(reject | ω) = **{1 - p_acc:.4f}**")
             if stage >= 4:
                 st.markdown("#### 4. Output")
                 if accepted:
@@ -82,6 +83,11 @@ def draw(stage: int) -> None:
                 else:
                     st.warning(f"Rejected: **{label(output)}** drawn from the residual ρ ∝ p − t "
                                f"(outer tokens only).")
+                if inner and problem.law == "iid":  # the residual a rejection draws from
+                    rho = ui.residual(problem)
+                    if rho is not None:
+                        st.markdown("ρ = " + ", ".join(f"ρ({label(i)}) = {rho[i]:.4f}"
+                                                       for i in range(problem.V) if rho[i] > 0))
         with right:
             if stage >= 3:
                 st.plotly_chart(viz.step_bars(problem, drafts, pi, output if stage >= 4 else None),

@@ -337,3 +337,9 @@ def test_small_figures():
     assert [len(t.y) for t in fig.data] == [3, 1]
     plan = gr.solve(problem, method="relaxed_lp")
     np.testing.assert_allclose(np.sum(viz.residuals(plan).data[0].y), 1 - plan.acceptance, atol=1e-9)
+
+
+def test_residual_is_the_rejection_law():
+    problem = gr.preset("reversed", 2)  # H* = {dog, cow}; all of the residual is on cat
+    np.testing.assert_allclose(ui.residual(problem), [1.0, 0.0, 0.0], atol=1e-15)
+    assert ui.residual(gr.preset("equal", 2)) is None  # α* = 1: nothing is ever rejected
