@@ -32,7 +32,7 @@ MAX_V_MANUAL = 16
 MAX_V_UPLOAD = 512
 VERIFIERS = ("sps", "nss", "naive", "kseq", "rrs", "rrs_wor", "spechub", "greedy", "khisti_is")
 
-# name -> (default, parser); every entry of the shared state, page-specific ones included.
+# name -> default value: every entry of the shared state, page-specific ones included.
 DEFAULTS = {
     "src": "preset",
     "preset": "reversed",
@@ -61,7 +61,7 @@ FLOAT_KEYS = {"conc", "T", "tp"}
 CHOICES = {"src": SOURCES, "preset": tuple(gr.PRESETS), "law": LAWS, "be": ("highs", "pot", "cvxpy")}
 BOUNDS = {"n": (1, MAX_N), "V": (2, MAX_V_RANDOM), "topk": (0, MAX_V_RANDOM), "k": (0, MAX_V_UPLOAD),
           "mc": (100, 200_000), "stage": (1, 4), "seed": (0, 2**31 - 1), "ms": (0, 2**31 - 1),
-          "ss": (0, 2**31 - 1), "conc": (1e-3, 1e3), "T": (1e-3, 1e3), "tp": (1e-6, 1.0)}
+          "ss": (0, 2**31 - 1), "conc": (1e-3, 1e3), "T": (0.05, 5.0), "tp": (0.05, 1.0)}  # = the widgets' ranges
 
 
 # --------------------------------------------------------------------------- state <-> URL
