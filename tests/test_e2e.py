@@ -124,6 +124,12 @@ def test_slider_changes_state_and_url(server, page, shots):
     assert page.locator(SLIDER).first.input_value() == "3"
     _assert_clean(page, "distributions after slider")
     page.screenshot(path=str(shots / "distributions_n3.png"))
+    # the state follows the user to another page, in the app and in the URL
+    page.locator("[data-testid='stSidebar'] a", has_text="OTLP").click()
+    page.wait_for_url("**/OTLP?n=3", timeout=15_000)
+    _settle(page)
+    assert page.locator(SLIDER).first.input_value() == "3"
+    _assert_clean(page, "OTLP after navigation")
 
 
 def test_upload_logits_file(server, page, shots, tmp_path):
