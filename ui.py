@@ -12,9 +12,7 @@ state exactly on any page (floats are written with `repr`, which round-trips).
 from __future__ import annotations
 
 import importlib
-import io
 import time
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -390,16 +388,15 @@ def audit_errors(problem: gr.Problem, method: str, **options) -> tuple[float, fl
     return result.l1, abs(result.acceptance - alpha(problem.key()))
 
 
-def series(info: dict) -> dict:
-    """The per-iteration traces a solver left in its info: 1-D arrays under keys naming an objective."""
+def series(info: dict, field: str = "objective") -> dict:
+    """Per-iteration traces a solver left in its info, one per system: `field` ("objective" or
+    "gradient_norm") from info["history"][system], or a top-level 1-D info[field]."""
     out = {}
-    for name, value in info.items():
-        if "objective" in name and not isinstance(value, (str, dict)):
-            arr = np.asarray(value, dtype=float) if np.ndim(value) == 1 else None
-            if arr is not None and arr.size > 0:
-                out[name] = arr
-        elif "objective" in name and isinstance(value, dict):
-            out.update({f"{name}: {k}": np.asarray(v, dtype=float) for k, v in value.items() if np.ndim(v) == 1})
+    for system, trace in info.get("history", {}).items():
+        if isinstance(trace, dict) and np.ndim(trace.get(field)) == 1 and len(trace[field]):
+            out[system] = np.asarray(trace[field], dtype=float)
+    if np.ndim(info.get(field)) == 1 and len(info[field]):
+        out[field] = np.asarray(info[field], dtype=float)
     return out
 
 
@@ -426,32 +423,18 @@ def monte_carlo(key: tuple, method: str, draws: int, seed: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- uploads and downloads
 def load_logits_file(name: str, data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Target and draft logits from an uploaded .npy, .npz or .safetensors file, never unpickling.
+    """Target and draft logits (V,) from an uploaded file, read by globalres.logits (never unpickling).
 
-    .npy: an array of shape (2, V) (rows: target, draft). .npz / .safetensors: arrays named
-    "target" and "draft" (or exactly two arrays, taken in order), or one (2, V) array.
+    The file holds arrays named "target" and "draft", or exactly two arrays (taken in order), or one
+    array of shape (2, V) with rows target, draft.
     """
-    lower = name.lower()
-    try:
-        if lower.endswith(".npy"):
-            arrays = [np.load(io.BytesIO(data), allow_pickle=False)]
-        elif lower.endswith(".npz"):
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        elif lower.endswith(".safetensors"):
-            from safetensors.numpy import load
+    from globalres.logits import check_logits, read_arrays
 
-            arrays = load(data)
-        else:
-            raise gr.InputError(f"{name}: unsupported file type; upload a .npy, .npz or .safetensors file.")
-    except (ValueError, OSError, zipfile.BadZipFile, RuntimeError) as err:
-        raise gr.InputError(f"{name} could not be read as {lower.rsplit('.', 1)[-1]} ({err}). Save it with "
-                            f"numpy.save / numpy.savez / safetensors.numpy.save_file.") from None
-    if isinstance(arrays, dict):
-        if "target" in arrays and "draft" in arrays:
-            arrays = [arrays["target"], arrays["draft"]]
-        else:
-            arrays = list(arrays.values())
+    arrays = read_arrays(data, name=name)
+    if "target" in arrays and "draft" in arrays:
+        arrays = [arrays["target"], arrays["draft"]]
+    else:
+        arrays = list(arrays.values())
     if len(arrays) == 1:
         (a,) = arrays
         if a.ndim != 2 or a.shape[0] != 2:
@@ -460,7 +443,7 @@ def load_logits_file(name: str, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         arrays = [a[0], a[1]]
     if len(arrays) != 2:
         raise gr.InputError(f"{name} holds {len(arrays)} arrays; expected two, named 'target' and 'draft'.")
-    target, draft = (np.asarray(a, dtype=np.float64).ravel() for a in arrays)
+    target, draft = (check_logits(a, f"{name}: {role} logits").ravel() for a, role in zip(arrays, ("target", "draft")))
     if target.size != draft.size:
         raise gr.InputError(f"{name}: target has {target.size} logits and draft {draft.size}; they must match.")
     if target.size > MAX_V_UPLOAD:

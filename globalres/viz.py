@@ -164,8 +164,8 @@ def traces(series: dict[str, np.ndarray], title: str, ytitle: str, *, log: bool 
         fig.add_scatter(x=np.arange(1, y.size + 1), y=y, mode="lines+markers", name=name,
                         line=dict(color=colour, width=3))
     fig.update_xaxes(title="iteration")
-    fig.update_yaxes(title=ytitle, type="log" if log else "linear")
-    return _style(fig, title, 380)
+    fig.update_yaxes(title=ytitle, type="log" if log else "linear", exponentformat="power")
+    return _style(fig, title, 380).update_layout(showlegend=True)
 
 
 def acceptance_bars(names: list[str], acceptance: list[float], alpha_star: float,

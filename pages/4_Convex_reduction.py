@@ -44,19 +44,26 @@ for col, (method, name) in zip(cols, METHODS.items()):
         c1, c2 = st.columns(2)
         c1.metric("α", f"{plan.acceptance:.8f}", delta=f"{plan.acceptance - a:+.1e} vs α*", delta_color="off", delta_arrow="off")
         c2.metric("solve time", ui.ms(out.seconds))
+        certified = [f"{name} = **{plan.info[key]:.1e}**" for key, name in
+                     (("certified_l1", "certified ‖output − p‖₁"), ("certified_gap", "certified |α − α*|"))
+                     if key in plan.info]
+        if certified:
+            st.markdown("Solver's own bounds: " + ", ".join(certified))
         errors = ui.audit_errors(problem, method)
         if errors is not None:
             st.markdown(f"Exact enumeration: ‖output − p‖₁ = **{errors[0]:.2e}**, "
                         f"|acceptance − α*| = **{errors[1]:.2e}**")
         weights = ui.weights(plan)
         if weights is not None:
-            ui.chart(viz.token_weights(problem, weights, np.isin(np.arange(problem.V), plan.h_star
-                                                                 if plan.h_star is not None else []),
-                                       "weights w = e^a (outer), e^b (inner)"), f"weights_{method}",
-                     f"cx.w.{method}")
-        series = ui.series(plan.info)
-        if series:
-            ui.chart(viz.traces(series, "objective per iteration", "objective"), f"objective_{method}",
+            inner = np.isin(np.arange(problem.V), plan.h_star if plan.h_star is not None else [])
+            ui.chart(viz.token_weights(problem, weights, inner, "weights: w = e^b (inner, H*), e^a (outer)"),
+                     f"weights_{method}", f"cx.w.{method}")
+        objective, gradient = ui.series(plan.info), ui.series(plan.info, "gradient_norm")
+        if objective:
+            ui.chart(viz.traces(objective, "objective per Newton iteration", "objective"), f"objective_{method}",
                      f"cx.obj.{method}")
-        else:
-            st.caption("This solver reports no per-iteration objective for this instance.")
+        if gradient:
+            ui.chart(viz.traces(gradient, "its error: gradient norm per iteration", "‖∇‖", log=True),
+                     f"gradient_{method}", f"cx.grad.{method}")
+        if not objective and not gradient:
+            st.caption("No iterations were needed: every system is a singleton segment (deterministic rule).")

@@ -13,8 +13,11 @@ STAGES = {1: "drafts drawn", 2: "inner or outer case", 3: "weights → π(·|ω)
 problem = ui.page_setup("Step through one sampling step",
                         "Drafts ω ~ Q, then the optimal rule π(·|ω): accept a draft, or reject and redraw.")
 s = ui.state()
-method = next((m for m in ("exact", "opt_maxflow", "lp") if ui.available(m)), None)
-out = ui.solve(problem, method)
+# the exact solver's rule is the one described here; the others stand in where it does not apply
+for method in ("exact", "opt_maxflow", "lp"):
+    out = ui.solve(problem, method)
+    if out.ok:
+        break
 if not ui.show_outcome(out):
     st.stop()
 plan = out.plan
