@@ -76,6 +76,10 @@ def draw(stage: int) -> None:
                              r"P(\text{reject}) = \frac{1}{1 + \sum_k w_{x_k}}")
                 else:
                     st.latex(r"\pi(x_j \mid \omega) \propto w_{x_j},\ x_j \in G_l")
+                w = ui.weights(plan)
+                if w is not None:
+                    st.markdown("weights: " + ", ".join(f"w({label(i)}) = {w[i]:.4g}"
+                                                        for i in sorted(set(drafts.tolist()))))
                 p_acc = float(sum(pi[i] for i in set(drafts.tolist())))
                 terms = ", ".join(f"π({label(i)}|ω) = {pi[i]:.4f}" for i in sorted(set(drafts.tolist())))
                 st.markdown(f"{terms}; P(accept | ω) = **{p_acc:.4f}**, P(reject | ω) = **{1 - p_acc:.4f}**")

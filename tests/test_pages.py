@@ -343,3 +343,18 @@ def test_residual_is_the_rejection_law():
     problem = gr.preset("reversed", 2)  # H* = {dog, cow}; all of the residual is on cat
     np.testing.assert_allclose(ui.residual(problem), [1.0, 0.0, 0.0], atol=1e-15)
     assert ui.residual(gr.preset("equal", 2)) is None  # α* = 1: nothing is ever rejected
+
+
+def test_convex_page_draws_the_exact_solver_iterations():
+    at = run("pages/4_Convex_reduction.py", {"src": "random", "V": "9", "seed": "4", "n": "3"})
+    assert_clean(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert "certified ‖output − p‖₁" in text and "Exact enumeration" in text
+    # ψ chain, weights, objective and gradient norm per iteration
+    assert len(at.get("plotly_chart")) >= 4
+
+
+def test_step_through_shows_the_weights_of_the_drafts():
+    at = run("pages/7_Step_through.py", {"stage": "3"})
+    assert_clean(at)
+    assert any(m.value.startswith("weights: w(") for m in at.markdown)
