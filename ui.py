@@ -28,6 +28,7 @@ MAX_N = 8
 MAX_V_RANDOM = 64
 MAX_V_MANUAL = 16
 MAX_V_UPLOAD = 512
+MAX_K_REAL = 100  # draft top-k on the real-model page; the problem keeps these tokens plus one "other"
 VERIFIERS = ("sps", "nss", "naive", "kseq", "rrs", "rrs_wor", "spechub", "greedy", "khisti_is")
 
 # name -> default value: every entry of the shared state, page-specific ones included.
@@ -53,13 +54,18 @@ DEFAULTS = {
     "ms": 0,  # Monte Carlo seed
     "ss": 0,  # step-through seed
     "stage": 4,  # step-through: how far the animation has gone (1..4)
+    "ri": 0,  # real model: position in the bundled SmolLM2 pairs
+    "rk": 10,  # real model: draft top-k
+    "rc": "all",  # real model: category of text
 }
-INT_KEYS = {"n", "V", "seed", "topk", "k", "mc", "ms", "ss", "stage"}
+INT_KEYS = {"n", "V", "seed", "topk", "k", "mc", "ms", "ss", "stage", "ri", "rk"}
 FLOAT_KEYS = {"conc", "T", "tp"}
-CHOICES = {"src": SOURCES, "preset": tuple(gr.PRESETS), "law": LAWS, "be": ("highs", "pot", "cvxpy")}
+CHOICES = {"src": SOURCES, "preset": tuple(gr.PRESETS), "law": LAWS, "be": ("highs", "pot", "cvxpy"),
+           "rc": ("all", "prose", "code", "list", "chat")}
 BOUNDS = {"n": (1, MAX_N), "V": (2, MAX_V_RANDOM), "topk": (0, MAX_V_RANDOM), "k": (0, MAX_V_UPLOAD),
           "mc": (100, 200_000), "stage": (1, 4), "seed": (0, 2**31 - 1), "ms": (0, 2**31 - 1),
-          "ss": (0, 2**31 - 1), "conc": (1e-3, 1e3), "T": (0.05, 5.0), "tp": (0.05, 1.0)}  # = the widgets' ranges
+          "ss": (0, 2**31 - 1), "conc": (1e-3, 1e3), "T": (0.05, 5.0), "tp": (0.05, 1.0),  # = the widgets' ranges
+          "ri": (0, 10**6), "rk": (1, MAX_K_REAL)}
 
 
 # --------------------------------------------------------------------------- state <-> URL
@@ -154,9 +160,10 @@ def problem_from_state(state: dict) -> gr.Problem:
 
 def manual_state_from(problem: gr.Problem) -> dict:
     """The manual-source entries that reproduce `problem` exactly."""
+    # labels are comma-separated in the state: a comma inside a label (a real token) becomes "‚"
+    labels = [s.replace(",", "‚").strip() or repr(s) for s in problem.labels] if problem.labels else []
     return {"src": "manual", "p": ",".join(repr(float(x)) for x in problem.p),
-            "q": ",".join(repr(float(x)) for x in problem.q),
-            "lab": ",".join(problem.labels) if problem.labels else ""}
+            "q": ",".join(repr(float(x)) for x in problem.q), "lab": ",".join(labels)}
 
 
 def state() -> dict:
@@ -228,7 +235,8 @@ PAGES = [("app.py", "Home", ":material/home:"), ("pages/1_Distributions.py", "Di
          ("pages/4_Convex_reduction.py", "Convex reduction", ":material/show_chart:"),
          ("pages/5_Side_by_side.py", "Side by side", ":material/view_column:"),
          ("pages/6_Verifiers.py", "Verifiers", ":material/verified:"),
-         ("pages/7_Step_through.py", "Step through", ":material/play_circle:")]
+         ("pages/7_Step_through.py", "Step through", ":material/play_circle:"),
+         ("pages/8_Real_model.py", "Real model", ":material/smart_toy:")]
 
 
 def navigation() -> None:
@@ -486,6 +494,23 @@ def residual(problem: gr.Problem) -> np.ndarray | None:
     rho = np.where(problem.mask(gr.h_star(problem)), 0.0, np.maximum(problem.p - targets, 0.0))
     rho[rho < 1e-12] = 0.0
     return rho / rho.sum() if rho.sum() > 0 else None
+
+
+@st.cache_resource(show_spinner="Loading the bundled SmolLM2 pairs…")
+def real_pairs():
+    """The bundled real (target, draft) pairs, or the InputError saying why they are missing."""
+    from globalres.realdata import load_bundled
+
+    try:
+        return load_bundled()
+    except gr.InputError as err:
+        return err
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def real_problem_key(i: int, n: int, top_k: int) -> tuple:
+    """Position i of the bundle as a Problem key: draft cut to its top-k, other tokens folded into one."""
+    return real_pairs().problem(i, n, top_k=top_k, fold=True).key()
 
 
 def plan_csv(plan: gr.Plan) -> str:

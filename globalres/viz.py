@@ -291,3 +291,15 @@ def pipeline() -> go.Figure:
     fig.update_xaxes(visible=False, range=[-0.5, 3.5])
     fig.update_yaxes(visible=False, range=[0, 1])
     return _style(fig, "", 230).update_layout(showlegend=False, margin=dict(l=10, r=10, t=10, b=10))
+
+
+def alpha_curve(ns, alphas, single: float | None = None, title: str = "α* against the number of drafts") -> go.Figure:
+    """α*(n) for several n; `single` (α at n = 1, Σ min(p, q)) as a dashed reference."""
+    fig = go.Figure(go.Scatter(x=list(ns), y=list(alphas), mode="lines+markers", name="α*(n)",
+                               line=dict(color=BLUE, width=3), hovertemplate="n = %{x}: α* = %{y:.5f}<extra></extra>"))
+    if single is not None:
+        fig.add_hline(y=single, line=dict(color=ORANGE, dash="dash", width=2),
+                      annotation_text=f"one draft: {single:.4f}", annotation_position="bottom right")
+    fig.update_xaxes(title="n (drafts)", dtick=1)
+    fig.update_yaxes(title="α*", rangemode="tozero")
+    return _style(fig, title, 340)

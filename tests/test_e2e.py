@@ -24,7 +24,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 # URL path -> screenshot name; "" is the Home page (app.py)
 PAGES = {"": "home", "Distributions": "distributions", "OTLP": "otlp", "Max_flow": "maxflow",
          "Convex_reduction": "convex", "Side_by_side": "side_by_side", "Verifiers": "verifiers",
-         "Step_through": "step"}
+         "Step_through": "step", "Real_model": "real_model"}
 SLIDER = "[data-testid='stSidebar'] [data-testid='stSlider'] input[type='range']"  # n, the first slider
 BAD = ("Traceback", "StreamlitAPIException", "Error running app")
 
@@ -107,6 +107,8 @@ def test_page_renders(server, page, shots, path):
     page.goto(f"{server}/{path}", wait_until="networkidle")
     _settle(page)
     _assert_clean(page, name)
+    if name == "real_model" and "bundled real pairs are not installed" in page.inner_text("body"):
+        return  # the data file is built separately (scripts/make_logits.py); the page says so
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)  # every page draws a chart
     assert page.locator(".js-plotly-plot").count() >= 1, f"{name}: no plotly chart"
     page.screenshot(path=str(shots / f"{name}.png"), full_page=False)

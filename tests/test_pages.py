@@ -46,7 +46,7 @@ def assert_clean(at: AppTest) -> None:
 def test_every_page_is_listed_in_the_navigation():
     linked = {path for path, _, _ in ui.PAGES}
     assert linked == set(PAGES)
-    assert len(PAGES) == 8
+    assert len(PAGES) == 9
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -54,7 +54,8 @@ def test_default_state_renders(page):
     at = run(page)
     assert_clean(at)
     assert at.title, "every page has a title"
-    assert at.get("plotly_chart"), "every page draws at least one chart"
+    bundle_missing = any("bundled real pairs are not installed" in i.value for i in at.info)
+    assert at.get("plotly_chart") or bundle_missing, "every page draws at least one chart"
     assert at.query_params == {}, "the default state needs no URL parameters"
 
 
@@ -358,3 +359,54 @@ def test_step_through_shows_the_weights_of_the_drafts():
     at = run("pages/7_Step_through.py", {"stage": "3"})
     assert_clean(at)
     assert any(m.value.startswith("weights: w(") for m in at.markdown)
+
+
+def _tiny_bundle(path: Path, V: int = 12, N: int = 3) -> None:
+    """A pairs bundle in the format of globalres.realdata, from seeded random logits."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, N, V))
+    logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    vocab = "\0".join(["the", " cat", ",", "\n"] + [f"t{j}" for j in range(4, V)]).encode()
+    np.savez(path, target_logp=logp[0].astype(np.float16), draft_logp=logp[1].astype(np.float16),
+             context=np.array(["Once upon a", "def f(x):", "1. apples\n2."]), category=np.array(["prose", "code", "list"]),
+             next_token=np.array([1, 2, 3]), vocab=np.frombuffer(vocab, dtype=np.uint8),
+             meta=np.array('{"model": "tiny test bundle"}'))
+
+
+def test_real_model_page_without_the_bundle_explains_itself(monkeypatch, tmp_path):
+    from globalres import realdata
+
+    monkeypatch.setattr(realdata, "BUNDLE_PATH", tmp_path / "missing.npz")
+    ui.real_pairs.clear()
+    at = run("pages/8_Real_model.py")
+    ui.real_pairs.clear()
+    assert_clean(at)
+    assert any("not installed" in i.value for i in at.info)
+
+
+def test_real_model_page_on_a_bundle(monkeypatch, tmp_path):
+    from globalres import realdata
+
+    _tiny_bundle(tmp_path / "pairs.npz")
+    monkeypatch.setattr(realdata, "BUNDLE_PATH", tmp_path / "pairs.npz")
+    ui.real_pairs.clear()
+    ui.real_problem_key.clear()
+    try:
+        at = run("pages/8_Real_model.py", {"rk": "4", "n": "3"})
+        assert_clean(at)
+        expected = realdata.load_bundled(tmp_path / "pairs.npz").problem(0, 3, top_k=4, fold=True)
+        assert at.metric[0].value == f"{gr.alpha_star(expected):.6f}"
+        assert at.metric[2].value == at.metric[0].value  # the exact solver reaches α*
+        assert len(at.get("plotly_chart")) == 2
+        widget(at.selectbox, "rc").set_value("code").run()
+        assert_clean(at)
+        assert at.session_state["gr.state"]["ri"] == 1
+        next(b for b in at.button if b.label == "Explore this pair on the other pages").click().run()
+        assert_clean(at)
+        shared = ui.problem_from_state(at.session_state["gr.state"])
+        copied = realdata.load_bundled(tmp_path / "pairs.npz").problem(1, 3, top_k=4, fold=True)
+        np.testing.assert_array_equal(shared.p, copied.p)
+        assert shared.labels == tuple(s.replace(",", "‚").strip() or repr(s) for s in copied.labels)
+    finally:
+        ui.real_pairs.clear()
+        ui.real_problem_key.clear()

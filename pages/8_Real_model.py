@@ -1,0 +1,65 @@
+"""Real model: target and draft next-token laws of SmolLM2-135M (full model vs. its trained early exit)."""
+
+import streamlit as st
+
+import globalres as gr
+import ui
+from globalres import viz
+
+problem = ui.page_setup("Real model: SmolLM2-135M and its early-exit draft",
+                        "Real next-token distributions at positions of real text, bundled with the package "
+                        "(no model needed). The draft is cut to its top-k; the other tokens are folded into one.")
+s = ui.state()
+pairs = ui.real_pairs()
+if isinstance(pairs, gr.InputError):
+    st.info(f"The bundled real pairs are not installed here: {pairs}")
+    st.stop()
+
+c1, c2 = st.columns([1, 3])
+with c1:
+    ui.bind(st.selectbox, "rc", "kind of text", options=["all", "prose", "code", "list", "chat"])
+    positions = pairs.indices(None if s["rc"] == "all" else s["rc"]).tolist()
+    if not positions:
+        st.info(f"No {s['rc']} positions in this bundle; choose another kind of text.")
+        st.stop()
+    if s["ri"] not in positions:
+        s["ri"] = positions[0]
+    ui.bind(st.selectbox, "ri", "position", options=positions,
+            format_func=lambda i: f"#{i}: …{pairs.context(i)[-40:]!r}")
+    ui.bind(st.slider, "rk", "draft top-k", min_value=1, max_value=ui.MAX_K_REAL)
+i, n, k = int(s["ri"]), int(s["n"]), int(s["rk"])
+with c2:
+    st.markdown(f"**Context** ({pairs.category(i)}), ending where the models predict the next token:")
+    st.code(pairs.context(i)[-700:], language=None, wrap_lines=True)
+    st.markdown(f"The target then produced **{pairs.token(int(pairs.next_tokens[i]))!r}**.")
+
+real = gr.Problem.from_key(ui.real_problem_key(i, n, k))
+a = ui.alpha(real.key())
+out = ui.solve(real, "exact")
+m1, m2, m3, m4 = st.columns(4)
+m1.metric(f"α* (n = {n}, top-{k})", f"{a:.6f}")
+m2.metric("one draft: Σ min(p, q)", f"{ui.alpha(real.with_(n=1).key()):.6f}")
+if out.ok:
+    m3.metric("exact solver", f"{out.plan.acceptance:.6f}")
+    m4.metric("solve time", ui.ms(out.seconds))
+else:
+    ui.show_outcome(out)
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    ui.chart(viz.distributions(real, ui.hstar(real.key())), "real_distributions", "real.bars")
+with right:
+    ns = list(range(1, ui.MAX_N + 1))
+    alphas = [ui.alpha(ui.real_problem_key(i, m, k)) for m in ns]
+    ui.chart(viz.alpha_curve(ns, alphas, alphas[0], f"α* against n at this position (top-{k})"),
+             "real_alpha_curve", "real.curve")
+
+
+def _use() -> None:
+    ui.replace_state(ui.manual_state_from(real))
+
+
+st.button("Explore this pair on the other pages", on_click=_use, type="primary",
+          help="Copies p, q and the token labels into the shared problem (source: edit by hand).")
+st.caption(f"Bundle: {pairs!r}. " + "; ".join(f"{key}: {value}" for key, value in pairs.meta.items()
+                                                   if isinstance(value, (str, int, float)))[:400])
