@@ -33,7 +33,8 @@ with left:
 1. **Distributions**: pick a preset, random or logits, or edit p and q by hand; choose n and the draft law.
 2. **OTLP / Max-flow / Convex reduction**: one formulation each, with its certificate.
 3. **Side by side**: the three agree on α\\*. **Verifiers**: how far practical verifiers are from α\\*.
-4. **Step through**: one sampling step, animated. Copy the URL to share the exact state.
+4. **Step through**: one sampling step, animated. **Real model**: real SmolLM2 next-token pairs.
+   Copy the URL to share the exact state.
 """
     )
     st.code("make app            # or: streamlit run app.py", language="bash")
