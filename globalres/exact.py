@@ -78,9 +78,9 @@ def evaluate(q, target, c, n, c0, b, t, h, hessian=True):
     """
     w = np.exp(b)
     Q = c + q.sum()
-    wt = np.outer(w, t)  # (G, K)
+    wt = np.minimum(np.outer(w, t), 700.0)  # (G, K); past e^−700 only slow denormals remain
     E = np.exp(-wt)
-    D = q @ np.expm1(-wt)  # φ − Q, accurate where φ ≈ Q (t small)
+    D = q @ (E - 1.0)  # φ − Q; only F uses it, to steer the line search, so rounding at small t is harmless
     phi = Q + D
     dt = h * t * np.exp(-c0 * t)  # trapezoid weight of dt = t ds, times e^{−c0 t}
     kernel = dt * phi ** (n - 1)
@@ -267,7 +267,7 @@ def solve(problem: Problem, *, tol: float = 1e-10, step: float = STEP, max_iter:
     segment_of = np.full(V, -1, dtype=np.int64)
     deviation = np.zeros(V)  # output law − p, as certified
     quadrature = 0.0
-    history, node_counts, outer_weights = {}, {}, []
+    history, node_counts = {}, {}
     fit_tol = tol / 8
 
     inner = H[p[H] > 0]
@@ -287,13 +287,16 @@ def solve(problem: Problem, *, tol: float = 1e-10, step: float = STEP, max_iter:
 
     # q(H_{r_{l+1}}): H* plus every later segment, the zero-weight mass segment l sees
     after = QH + np.concatenate([np.cumsum([q[s].sum() for s in segments[::-1]])[::-1][1:], [0.0]])
-    for l, seg in enumerate(segments):
-        segment_of[seg] = l
-        if seg.size == 1:
-            weights[seg] = 1.0
-            deviation[seg] = masses[l] - targets[seg]
-            outer_weights.append(np.ones(1))
-            continue
+    sizes = np.array([s.size for s in segments], dtype=np.int64)
+    if segments:
+        chain = np.concatenate(segments)
+        segment_of[chain] = np.repeat(np.arange(len(segments)), sizes)
+        single = chain[np.repeat(sizes == 1, sizes)]
+        weights[single] = 1.0
+        deviation[single] = masses[sizes == 1] - targets[single]
+    outer_weights = [np.ones(1) if s.size == 1 else None for s in segments]
+    for l in np.flatnonzero(sizes > 1):
+        seg = segments[l]
         tq, tt = q[seg], targets[seg]
         pin = int(np.argmax(tt))
         with np.errstate(divide="ignore"):
@@ -302,7 +305,7 @@ def solve(problem: Problem, *, tol: float = 1e-10, step: float = STEP, max_iter:
                          max_iter=max_iter, pin=pin)
         w = np.exp(fit["b"] - fit["b"].max())  # the rule only needs ratios within a segment
         weights[seg] = w
-        outer_weights.append(w)
+        outer_weights[l] = w
         deviation[seg] = fit["acc"] - tt
         quadrature += fit["quadrature"]
         history[f"segment {l}"] = dict(objective=fit["objective"], gradient_norm=fit["gradient_norm"])
@@ -373,9 +376,9 @@ def _rows_evaluate(q, target, c, n, c0, b, t, h, hessian=True):
     torch = _torch()
     w = b.exp()
     Q = c + q.sum(1)
-    wt = w[:, :, None] * t[:, None, :]  # (R, G, K)
+    wt = (w[:, :, None] * t[:, None, :]).clamp(max=700.0)  # (R, G, K); no slow denormals
     E = torch.exp(-wt)
-    D = torch.einsum("rg,rgk->rk", q, torch.expm1(-wt))
+    D = torch.einsum("rg,rgk->rk", q, E - 1.0)
     phi = Q[:, None] + D
     dt = h * t * torch.exp(-c0[:, None] * t)
     kernel = dt * phi ** (n - 1)

@@ -1,0 +1,223 @@
+"""The exact solver: optimal (= α* = the LP optimum), lossless, n-independent, numpy and torch agree."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_valid_plan, random_problems, small_problems
+from hypothesis import HealthCheck, given, settings
+from scipy import stats
+
+import globalres as gr
+from globalres.exact import sample_batch, solve_batch
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=small_problems(max_vocab=6, max_drafts=4))
+def test_attains_alpha_star_and_the_lp_optimum(problem):
+    plan = gr.solve(problem, method="exact")
+    assert_valid_plan(plan, acceptance_atol=1e-9, l1_atol=1e-9)
+    lp = gr.solve(problem, method="lp", backend="pot")
+    np.testing.assert_allclose(plan.acceptance, lp.acceptance, atol=1e-9)
+    assert plan.info["certified_l1"] <= 1e-10 and plan.info["certified_gap"] <= 1e-10
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=small_problems(max_vocab=6, max_drafts=4))
+def test_torch_backend_is_optimal_and_lossless(problem):
+    assert_valid_plan(gr.solve(problem, method="exact", backend="torch"), acceptance_atol=1e-9, l1_atol=1e-9)
+
+
+@pytest.mark.parametrize("problem", list(random_problems(30, seed=11)), ids=repr)
+def test_seeded_random_problems(problem):
+    audit = assert_valid_plan(gr.solve(problem, method="exact"))
+    # the a-posteriori certificate bounds what enumeration measures (up to round-off)
+    plan = gr.solve(problem, method="exact")
+    assert audit.l1 <= plan.info["certified_l1"] + 1e-14
+
+
+def test_certificate_tracks_the_audit():
+    # a coarse step makes the quadrature error visible: the certificate must still cover it
+    pb = gr.Problem.random(5, 3, seed=4)
+    plan = gr.solve(pb, method="exact", step=1.0, tol=1e-3)
+    audit = plan.audit()
+    assert 1e-10 < audit.l1 <= plan.info["certified_l1"] * 1.5
+
+
+def test_fails_loudly_when_tolerance_is_out_of_reach():
+    plan = gr.solve(gr.Problem.random(5, 3, seed=4), method="exact", step=1.5, tol=1e-14)
+    assert plan.status == gr.plan.GAVE_UP and "above tol" in plan.message
+    assert math.isnan(plan.acceptance)
+    with pytest.raises(gr.SolverError):
+        plan.conditional([0, 1, 2])
+
+
+def test_n1_is_standard_speculative_sampling():
+    rng = np.random.default_rng(3)
+    p, q = rng.dirichlet(np.ones(7)), rng.dirichlet(np.ones(7))
+    plan = gr.solve(gr.Problem(p, q, 1), method="exact")
+    residual = np.maximum(p - q, 0) / np.maximum(p - q, 0).sum()
+    pi = plan.conditionals(np.arange(7)[:, None])
+    accept = np.minimum(1.0, p / q)
+    expected = np.diag(accept) + (1 - accept)[:, None] * residual[None, :]
+    np.testing.assert_allclose(pi, expected, atol=1e-12)
+    np.testing.assert_allclose(plan.acceptance, np.minimum(p, q).sum(), atol=1e-12)
+
+
+def _near_tight(eps):
+    # one inner token with p = q² − eps: α* = 1 − eps, inner weight ≈ 0.81/eps (large)
+    return gr.Problem([0.81 - eps, 0.19 + eps], [0.9, 0.1], 2)
+
+
+EDGE = {
+    "p=q": gr.Problem([0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4], 3),
+    "disjoint": gr.Problem([0.5, 0.5, 0, 0], [0, 0, 0.3, 0.7], 3),
+    "q one-hot": gr.Problem([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 0], 4),
+    "zeros": gr.Problem([0.0, 0.5, 0.0, 0.5, 0.0], [0.3, 0.0, 0.0, 0.3, 0.4], 3),
+    "1e-300": gr.Problem.from_weights([1e-300, 0.3, 0.2, 0.5, 0], [0.1, 1e-300, 0.4, 0.5, 0], 3),
+    "1e-12": gr.Problem.from_weights([1e-12, 0.3, 0.2, 0.5], [0.1, 1e-12, 0.4, 0.5], 4),
+    "near tight 1e-4": _near_tight(1e-4),
+    "near tight 1e-8": _near_tight(1e-8),
+    "one token": gr.Problem([1.0], [1.0], 2),
+}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("name", list(EDGE))
+def test_edge_cases(name, backend):
+    pb = EDGE[name]
+    plan = gr.solve(pb, method="exact", backend=backend)
+    assert_valid_plan(plan, acceptance_atol=1e-9, l1_atol=1e-9)
+
+
+def test_edge_case_values():
+    assert gr.solve(EDGE["p=q"], method="exact").acceptance == pytest.approx(1.0, abs=1e-15)
+    assert gr.solve(EDGE["disjoint"], method="exact").acceptance == pytest.approx(0.0, abs=1e-15)
+    plan = gr.solve(_near_tight(1e-8), method="exact")
+    assert plan.acceptance == pytest.approx(1 - 1e-8, abs=1e-15)
+    assert plan.info["inner_weights"][0] > 1e7  # the rejection probability 1/(1 + 2w) is ~1e-8
+
+
+def _multiset_audit(plan):
+    """Exact output law and acceptance by multisets (multinomial weights): feasible for V = 3, n = 64."""
+    pb = plan.problem
+    V, n = pb.V, pb.n
+    law, accepted = np.zeros(V), 0.0
+    for cut in itertools.combinations(range(n + V - 1), V - 1):
+        counts = np.diff(np.concatenate([[-1], cut, [n + V - 1]])) - 1
+        logw = math.lgamma(n + 1) - sum(math.lgamma(c + 1) for c in counts)
+        if (counts[pb.q == 0] > 0).any():
+            continue
+        prob = math.exp(logw + float(np.sum(counts[pb.q > 0] * np.log(pb.q[pb.q > 0]))))
+        pi = plan.conditional(np.repeat(np.arange(V), counts))
+        law += prob * pi
+        accepted += prob * pi[counts > 0].sum()
+    return law, accepted
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_n64_by_multisets(backend):
+    pb = gr.Problem([0.4, 0.3, 0.3], [0.6, 0.3999, 0.0001], 64)  # H* = {0, 1}, α* ≈ 0.71
+    plan = gr.solve(pb, method="exact", backend=backend)
+    assert plan.success, plan.message
+    law, accepted = _multiset_audit(plan)
+    np.testing.assert_allclose(law, pb.p, atol=1e-10)
+    np.testing.assert_allclose(accepted, gr.alpha_star(pb), atol=1e-10)
+    assert gr.h_star(pb).size == 2 and gr.alpha_star(pb) < 0.8  # a non-trivial inner system
+
+
+def test_cost_does_not_depend_on_n():
+    # the node count of the quadrature grows like log n, the Newton system not at all
+    counts = [gr.solve(gr.Problem.random(8, n, seed=1, top_k=5), method="exact").info["nodes"] for n in (2, 64)]
+    for key in counts[0].keys() & counts[1].keys():
+        assert counts[1][key] <= counts[0][key] + 40
+
+
+def test_torch_matches_numpy():
+    pb = gr.Problem.random(40, 4, seed=7, top_k=25)
+    ref = gr.solve(pb, method="exact")
+    got = gr.solve(pb, method="exact", backend="torch")
+    np.testing.assert_array_equal(np.sort(ref.h_star), np.sort(got.h_star))
+    H = ref.h_star[pb.p[ref.h_star] > 0]
+    np.testing.assert_allclose(got.info["weights"][H], ref.info["weights"][H], rtol=1e-7)
+    drafts = pb.sample_drafts(np.random.default_rng(0), 200)
+    np.testing.assert_allclose(got.conditionals(drafts), ref.conditionals(drafts), atol=1e-9)
+
+
+def test_float32_error():
+    rng = np.random.default_rng(5)
+    P = rng.dirichlet(np.ones(300), size=4)
+    Q = torch.tensor(np.stack([gr.problem.truncate_top_k(rng.dirichlet(np.ones(300)), 30) for _ in range(4)]))
+    r64 = solve_batch(torch.tensor(P), Q, 4)
+    r32 = solve_batch(torch.tensor(P), Q, 4, dtype=torch.float32, tol=1e-4)
+    assert bool(r64.success.all()) and float(r64.certified_l1.max()) <= 1e-10
+    assert r32.weights.dtype == torch.float32
+    np.testing.assert_allclose(r32.alpha.double().numpy(), r64.alpha.numpy(), atol=1e-6)
+    w64, w32 = r64.weights[r64.h_star], r32.weights[r32.h_star].double()
+    np.testing.assert_allclose(w32.numpy(), w64.numpy(), rtol=1e-3)  # measured: ~1e-5 (bench/README.md)
+
+
+def test_chi_square_large_vocabulary():
+    rng = np.random.default_rng(2026)
+    V, k, n, B = 5000, 50, 4, 200_000
+    p = rng.dirichlet(np.full(V, 0.05))
+    q = gr.problem.truncate_top_k(0.5 * p + 0.5 * rng.dirichlet(np.full(V, 0.05)), k)
+    result = solve_batch(torch.tensor(p)[None], torch.tensor(q)[None], n)
+    assert bool(result.success[0])
+    assert float(result.alpha[0]) == pytest.approx(gr.alpha_star(gr.Problem(p, q, n)), abs=1e-12)
+    many = dataclasses.replace(result, **{f: getattr(result, f).expand(B, V) for f in
+                                          ("weights", "segment_of", "residual")})
+    generator = torch.Generator().manual_seed(0)
+    drafts = torch.multinomial(torch.tensor(q), B * n, replacement=True, generator=generator).view(B, n)
+    out = sample_batch(many, drafts, generator).numpy()
+    accepted = (out[:, None] == drafts.numpy()).any(1).mean()
+    assert abs(accepted - float(result.alpha[0])) < 5 * math.sqrt(0.25 / B)
+    expected = B * p
+    big = expected >= 5
+    observed = np.bincount(out, minlength=V)
+    f_obs = np.append(observed[big], observed[~big].sum())
+    f_exp = np.append(expected[big], expected[~big].sum())
+    assert stats.chisquare(f_obs, f_exp).pvalue > 1e-3
+
+
+def test_fits_only_the_observed_systems():
+    pb = gr.Problem.random(30, 3, seed=9, top_k=20)
+    P, Q = torch.tensor(pb.p)[None].repeat(64, 1), torch.tensor(pb.q)[None].repeat(64, 1)
+    drafts = torch.tensor(pb.sample_drafts(np.random.default_rng(1), 64))
+    lazy = solve_batch(P, Q, 3, drafts=drafts)
+    full = solve_batch(P, Q, 3)
+    ok = ~torch.isnan(lazy.weights)
+    np.testing.assert_allclose(lazy.weights[ok].numpy(), full.weights[ok].numpy(), rtol=1e-9)
+    out = sample_batch(lazy, drafts, torch.Generator().manual_seed(0))
+    assert out.shape == (64,)
+    inner = lazy.h_star.gather(1, drafts).all(1)
+    assert bool(torch.isnan(lazy.weights[inner.logical_not()][:, pb.p > 0][:, lazy.h_star[0][pb.p > 0]]).all())
+
+
+def test_input_errors():
+    with pytest.raises(gr.InputError, match="law='iid'"):
+        gr.solve(gr.Problem([0.5, 0.5], [0.5, 0.5], 2, law="wor"), method="exact")
+    with pytest.raises(gr.InputError, match="tol and step"):
+        gr.solve(gr.Problem([0.5, 0.5], [0.5, 0.5], 2), method="exact", tol=0)
+    with pytest.raises(gr.InputError, match="sum to 1"):
+        solve_batch(torch.tensor([[0.5, 0.6]]), torch.tensor([[0.5, 0.5]]), 2)
+    with pytest.raises(gr.InputError, match="shape"):
+        solve_batch(torch.tensor([[0.5, 0.5]]), torch.tensor([[0.5, 0.5]]), 2, drafts=torch.tensor([[0]]))
+
+
+@CUDA
+def test_cuda_matches_cpu():
+    rng = np.random.default_rng(6)
+    P = torch.tensor(rng.dirichlet(np.ones(500), size=8))
+    Q = torch.tensor(np.stack([gr.problem.truncate_top_k(rng.dirichlet(np.ones(500)), 50) for _ in range(8)]))
+    cpu = solve_batch(P, Q, 4)
+    gpu = solve_batch(P.cuda(), Q.cuda(), 4)
+    assert gpu.weights.device.type == "cuda" and bool(gpu.success.all())
+    np.testing.assert_allclose(gpu.weights.cpu().numpy(), cpu.weights.numpy(), rtol=1e-8)
