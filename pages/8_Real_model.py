@@ -12,7 +12,7 @@ problem = ui.page_setup("Real model: SmolLM2-135M and its early-exit draft",
 s = ui.state()
 pairs = ui.real_pairs()
 if isinstance(pairs, gr.InputError):
-    st.info(f"The bundled real pairs are not installed here: {pairs}")
+    st.info(f"The bundled real pairs could not be loaded: {pairs}")
     st.stop()
 
 c1, c2 = st.columns([1, 3])

@@ -54,7 +54,7 @@ def test_default_state_renders(page):
     at = run(page)
     assert_clean(at)
     assert at.title, "every page has a title"
-    bundle_missing = any("bundled real pairs are not installed" in i.value for i in at.info)
+    bundle_missing = any("bundled real pairs could not be loaded" in i.value for i in at.info)
     assert at.get("plotly_chart") or bundle_missing, "every page draws at least one chart"
     assert at.query_params == {}, "the default state needs no URL parameters"
 
@@ -381,7 +381,7 @@ def test_real_model_page_without_the_bundle_explains_itself(monkeypatch, tmp_pat
     at = run("pages/8_Real_model.py")
     ui.real_pairs.clear()
     assert_clean(at)
-    assert any("not installed" in i.value for i in at.info)
+    assert any("could not be loaded" in i.value for i in at.info)
 
 
 def test_real_model_page_on_a_bundle(monkeypatch, tmp_path):
