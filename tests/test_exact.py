@@ -166,7 +166,7 @@ def test_float32_error():
 
 def test_chi_square_large_vocabulary():
     rng = np.random.default_rng(2026)
-    V, k, n, B = 5000, 50, 4, 200_000
+    V, k, n, B = 5000, 50, 4, 60_000
     p = rng.dirichlet(np.full(V, 0.05))
     q = gr.problem.truncate_top_k(0.5 * p + 0.5 * rng.dirichlet(np.full(V, 0.05)), k)
     result = solve_batch(torch.tensor(p)[None], torch.tensor(q)[None], n)

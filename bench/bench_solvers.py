@@ -1,0 +1,186 @@
+"""Speed benchmark of the OT verification solvers (GitHub issue 3), all methods side by side in one run.
+
+    .venv/bin/python bench/bench_solvers.py --quick     # 2 pairs per grid point, a few minutes
+    .venv/bin/python bench/bench_solvers.py             # 10 pairs per grid point
+
+Per grid point (top-k, n, V) and method: median and p95 ms per token, success rate, acceptance gap to
+α* (sorted-prefix formula), L1 deviation of the output law from p (exact enumeration of draft tuples
+where feasible, else the exact solver's certificate) and the speed ratio to exact (torch CPU).
+
+What one "token" costs, per method:
+- LP / POT / max-flow / opt. max-flow / Global Resolution: one solve of the problem, with the tokens q
+  never drafts folded into one extra token (an equivalent, smaller problem: they only receive residual).
+- exact (numpy): the full solve (every system fitted), on the full vocabulary.
+- exact (torch): `solve_batch` with the observed draft tuple (only the system that tuple needs is
+  fitted) plus `sample_batch`, on the full vocabulary; torch runs single-threaded (see README).
+A method that would take over a minute at a grid point (or that refuses the size) is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import globalres as gr  # noqa: E402
+from globalres.exact import sample_batch, solve_batch  # noqa: E402
+from pairs import pairs  # noqa: E402
+
+GRID = [(10, 2, 32000), (10, 4, 32000), (10, 5, 32000), (100, 2, 32000), (1000, 2, 32000),
+        (1000, 8, 32000), (49152, 4, 49152), (1000, 16, 128000)]
+MINUTE = 60.0
+AUDIT_TUPLES = 20_000
+
+
+def fold(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The drafted tokens plus one token holding all target mass q never drafts."""
+    keep = q > 0
+    return np.append(p[keep], p[~keep].sum()), np.append(q[keep], 0.0)
+
+
+def methods():
+    out = {
+        "LP (HiGHS)": lambda pb: gr.solve(_folded(pb), method="lp", backend="highs"),
+        "LP (POT ot.emd)": lambda pb: gr.solve(_folded(pb), method="lp", backend="pot"),
+        "max-flow": lambda pb: gr.solve(_folded(pb), method="maxflow"),
+        "opt. max-flow": lambda pb: gr.solve(_folded(pb), method="opt_maxflow"),
+    }
+    try:
+        import globalres.convex  # noqa: F401
+
+        for tau in (1e-3, 1e-4):
+            out[f"GR τ={tau:g}"] = lambda pb, tau=tau: gr.solve(_folded(pb), method="global_resolution", tau=tau)
+    except ImportError:
+        pass
+    out["exact (numpy)"] = lambda pb: gr.solve(pb, method="exact")
+    return out
+
+
+def _folded(pb):
+    p, q = fold(pb.p, pb.q)
+    return gr.Problem(p, q, pb.n)
+
+
+def torch_step(pb, drafts, device):
+    """One token with the fast path: fit the observed tuple's system, then sample."""
+    P = torch.tensor(pb.p, device=device)[None]
+    Q = torch.tensor(pb.q, device=device)[None]
+    d = torch.tensor(drafts, device=device)[None]
+    result = solve_batch(P, Q, pb.n, drafts=d)
+    sample_batch(result, d)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return result
+
+
+def run_point(k, n, V, count, skip_after):
+    rows = {}
+    problems = [gr.Problem(p, q, n) for p, q in pairs(V, k, count, seed=1000 * k + n)]
+    rng = np.random.default_rng(0)
+    alphas = [gr.alpha_star(pb) for pb in problems]
+    drafts = [pb.sample_drafts(rng) for pb in problems]
+    for name, solver in methods().items():
+        if name in skip_after:
+            rows[name] = dict(note=f"skipped: {skip_after[name]}")
+            continue
+        times, ok, gaps, l1s = [], 0, [], []
+        note = ""
+        for pb, alpha in zip(problems, alphas):
+            start = time.perf_counter()
+            try:
+                plan = solver(pb)
+            except gr.InputError as err:
+                note = "skipped: the solver refuses this size (" + str(err).split(" variables")[0].split("= ")[-1] + \
+                    " LP variables)"
+                break
+            seconds = time.perf_counter() - start
+            times.append(seconds)
+            if plan.success:
+                ok += 1
+                gaps.append(abs(plan.acceptance - alpha))
+                l1s.append(_l1(plan))
+            if seconds > MINUTE:
+                note = f"stopped after one solve of {seconds:.0f} s"
+                skip_after[name] = f"over a minute at (k={k}, n={n})"
+                break
+        rows[name] = _row(times, ok, gaps, l1s, note)
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        times, ok, gaps, l1s = [], 0, [], []
+        torch_step(problems[0], drafts[0], device)  # warm-up
+        for pb, alpha, d in zip(problems, alphas, drafts):
+            start = time.perf_counter()
+            result = torch_step(pb, d, device)
+            times.append(time.perf_counter() - start)
+            if bool(result.success[0]):
+                ok += 1
+                gaps.append(max(abs(float(result.alpha[0]) - alpha), float(result.certified_gap[0])))
+                l1s.append(float(result.certified_l1[0]))
+        rows[f"exact (torch {device})"] = _row(times, ok, gaps, l1s, "L1 and gap: certified")
+    base = rows["exact (torch cpu)"]["median_ms"]
+    for row in rows.values():
+        if row.get("median_ms") is not None:
+            row["ratio"] = row["median_ms"] / base
+    return rows
+
+
+def _l1(plan):
+    pb = plan.problem
+    if (pb.q > 0).sum() ** pb.n <= AUDIT_TUPLES:
+        return plan.audit().l1
+    return plan.info.get("certified_l1")
+
+
+def _row(times, ok, gaps, l1s, note):
+    if not times:
+        return dict(note=note)
+    ms = 1e3 * np.asarray(times)
+    l1s = [x for x in l1s if x is not None]
+    return dict(median_ms=float(np.median(ms)), p95_ms=float(np.percentile(ms, 95)), success=ok / len(times),
+                max_gap=max(gaps) if gaps else None, max_l1=max(l1s) if l1s else None, pairs=len(times),
+                note=note)
+
+
+def table(results):
+    lines = ["| (k, n, V) | method | median ms | p95 ms | success | gap to α* | L1 | × exact torch CPU | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda x, f: "–" if x is None else format(x, f)  # noqa: E731
+    for point, rows in results.items():
+        for name, r in rows.items():
+            lines.append(f"| {point} | {name} | {fmt(r.get('median_ms'), '.2f')} | {fmt(r.get('p95_ms'), '.2f')} | "
+                         f"{fmt(r.get('success'), '.0%')} | {fmt(r.get('max_gap'), '.1e')} | "
+                         f"{fmt(r.get('max_l1'), '.1e')} | {fmt(r.get('ratio'), '.2f')} | {r.get('note', '')} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 pairs per grid point")
+    parser.add_argument("--pairs", type=int, default=None, help="pairs per grid point (default 10, 2 with --quick)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_solvers.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    count = args.pairs or (2 if args.quick else 10)
+    results, skip_after = {}, {}
+    for k, n, V in GRID:
+        results[f"({k}, {n}, {V})"] = run_point(k, n, V, count, skip_after)
+        print(f"done (k={k}, n={n}, V={V})", file=sys.stderr, flush=True)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), " \
+              f"torch {torch.__version__}, numpy {np.__version__}"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(dict(machine=machine, pairs=count, results=results), indent=1))
+    print(f"Machine: {machine}; {count} pairs per point.\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
