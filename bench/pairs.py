@@ -14,7 +14,7 @@ import numpy as np
 
 from globalres.problem import truncate_top_k
 
-REAL = Path(__file__).resolve().parents[1] / "data"  # bundled real pairs, if another module ships them
+REAL = Path(__file__).resolve().parents[1] / "assets"  # bundled real pairs (SmolLM2), when present
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -33,11 +33,13 @@ def synthetic_pair(V: int, k: int, seed: int, *, zipf: float = 1.1, noise: float
 
 
 def real_pairs(V: int | None = None):
-    """Real (p, q) rows from bundled files (`data/*.npz` with arrays `p` and `q`, shape (N, V)), if any."""
+    """Real (p, q) rows from bundled `assets/*pairs*.npz` files with `target_logp` and `draft_logp`
+    (N, V) log-probabilities (the SmolLM2 bundle), if any."""
     for path in sorted(REAL.glob("*pairs*.npz")) if REAL.is_dir() else []:
         with np.load(path) as f:
-            if "p" in f and "q" in f and (V is None or f["p"].shape[1] == V):
-                yield from zip(f["p"], f["q"])
+            if "target_logp" in f and "draft_logp" in f and (V is None or f["target_logp"].shape[1] == V):
+                for lp, lq in zip(f["target_logp"], f["draft_logp"]):
+                    yield softmax(lp.astype(np.float64)), softmax(lq.astype(np.float64))
 
 
 def pairs(V: int, k: int, count: int, seed: int = 0):
