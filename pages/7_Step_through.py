@@ -72,8 +72,8 @@ def draw(stage: int) -> None:
             if stage >= 3:
                 st.markdown("#### 3. Weights → π(·|ω)")
                 if inner:
-                    st.latex(r"\pi(x_j \mid \omega) \propto \frac{w_{x_j}}{1 + \sum_k w_{x_k}},\quad "
-                             r"P(\text{reject}) = \frac{1}{1 + \sum_k w_{x_k}}")
+                    st.latex(r"\pi(x \mid \omega) = \frac{\sum_{j:\,x_j = x} w_{x_j}}{1 + \sum_k w_{x_k}}")
+                    st.latex(r"P(\text{reject} \mid \omega) = \frac{1}{1 + \sum_k w_{x_k}}")
                 else:
                     st.latex(r"\pi(x_j \mid \omega) \propto w_{x_j},\ x_j \in G_l")
                 w = ui.weights(plan)
