@@ -16,8 +16,16 @@ Draft laws
 "iid"      n independent draws from q (the paper's setting).
 "wor"      n sequential draws without replacement: x_k ~ q restricted to the tokens not yet drawn
            (the Gumbel-top-k law of SpecInfer/RSD/Sequoia).
-"greedy"   Hu et al.'s greedy drafts: the n−1 most likely tokens of q (ties to the lower id), then one
-           draw from q restricted to the other tokens.
+"greedy"   Hu et al.'s greedy drafts: the n−1 most likely tokens T of q (ties to the lower id), then one
+           draw from q' = q restricted to the other tokens and renormalised.
+"hub"      SpecHub's n = 2 law (Sun et al., EMNLP 2024): the hub a = argmax q is always drafted. The first
+           draft x ~ q; if x ≠ a the pair is (x, a), else (a, y) with y ~ q'. So Q(x, a) = q(x) and
+           Q(a, y) = q(a) q(y) / (1 − q(a)); as an unordered set it is greedy's law at n = 2.
+
+Q(Hⁿ) for each law: q(H)ⁿ (iid); [T ⊆ H] q'(H ∖ T) (greedy, hub with T = {a}); for "wor" the
+exponential-race identity (peers.md §2.5): with arrival times E_i ~ Exp(q_i), the first n arrivals
+are the n draws, so all n lie in H iff n tokens of H arrive before the first of Hᶜ (rate λ = q(Hᶜ)):
+    Q(Hⁿ) = ∫₀^∞ λ e^{−λt} P(at least n of Bernoulli(1 − e^{−q_i t}), i ∈ H) dt.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-LAWS = ("iid", "wor", "greedy")
+LAWS = ("iid", "wor", "greedy", "hub")
+WOR_STEP = 0.1  # trapezoid step in log t for the "wor" integral: the integrand is analytic in a strip, so
+#                the error is ~exp(−π²/step), far below rounding
 TOLERANCE = 1e-6  # how far from 1 a sum may be and still be renormalised
 MAX_ENUMERATION = 2_000_000  # draft tuples we are willing to list one by one
 
@@ -75,7 +85,7 @@ class Problem:
         (then renormalised exactly).
     n : int
         Number of drafts, ≥ 1.
-    law : {"iid", "wor", "greedy"}
+    law : {"iid", "wor", "greedy", "hub"}
         How the n drafts are drawn from q.
     labels : sequence of str, optional
         Display names of the tokens.
@@ -127,6 +137,12 @@ class Problem:
                 f"Greedy drafts take the top {n - 1} tokens of q and draw one more from the rest, "
                 f"so q needs at least {n} tokens with q > 0; it has {support}. Lower n or use law='iid'."
             )
+        if self.law == "hub" and (n != 2 or support < 2):
+            raise InputError(
+                f"The hub law (SpecHub) drafts exactly 2 tokens, the hub argmax q and one other, so it needs "
+                f"n = 2 and at least 2 tokens with q > 0; got n = {n} and {support}. Use n=2, or law='greedy' "
+                f"(the same construction for any n)."
+            )
         labels = self.labels
         if labels is not None:
             labels = tuple(str(s) for s in labels)
@@ -166,9 +182,15 @@ class Problem:
         return f"Problem(V={self.V}, n={self.n}, law={self.law!r})"
 
     # ------------------------------------------------------------ draft law
-    def _greedy_top(self) -> np.ndarray:
-        """The n−1 deterministic greedy drafts: largest q, ties to the lower token id."""
+    def deterministic_drafts(self) -> np.ndarray:
+        """T: the n−1 deterministic greedy drafts (for "hub", T = {a}): largest q, ties to the lower id."""
         return np.lexsort((np.arange(self.V), -self.q))[: self.n - 1]
+
+    def rest_law(self) -> np.ndarray:
+        """q' : q with T removed and renormalised, the law of the one random greedy/hub draft."""
+        rest = self.q.copy()
+        rest[self.deterministic_drafts()] = 0.0
+        return rest / rest.sum()
 
     def tuple_probability(self, drafts) -> float:
         """Q(ω): the probability that the draft law produces exactly this ordered tuple."""
@@ -179,21 +201,20 @@ class Problem:
         if self.law == "wor":
             if len(set(x.tolist())) < self.n:
                 return 0.0
-            prob, left = 1.0, 1.0
+            prob, left = 1.0, np.ones(self.V, dtype=bool)
             for token in x:
-                if left <= 0:
-                    return 0.0
-                prob *= q[token] / left
-                left -= q[token]
+                prob *= q[token] / q[left].sum()
+                left[token] = False
             return float(prob)
-        top = self._greedy_top()  # greedy
-        if not np.array_equal(x[:-1], top):
+        top, rest = self.deterministic_drafts(), self.rest_law()
+        if self.law == "hub":
+            a, (x1, x2) = top[0], x
+            if x2 == a and x1 != a:
+                return float(q[x1])
+            return float(q[a] * rest[x2]) if x1 == a and x2 != a else 0.0
+        if not np.array_equal(x[:-1], top):  # greedy
             return 0.0
-        rest = 1.0 - q[top].sum()
-        last = x[-1]
-        if last in top or rest <= 0:
-            return 0.0
-        return float(q[last] / rest)
+        return float(rest[x[-1]])
 
     def draft_tuples(self, max_tuples: int = MAX_ENUMERATION) -> tuple[np.ndarray, np.ndarray]:
         """Every ordered draft tuple with Q(ω) > 0 and its probability.
@@ -205,11 +226,14 @@ class Problem:
         """
         q, n = self.q, self.n
         support = np.flatnonzero(q > 0)
-        if self.law == "greedy":
-            top = self._greedy_top()
-            last = np.setdiff1d(support, top)
+        if self.law in ("greedy", "hub"):
+            top, rest = self.deterministic_drafts(), self.rest_law()
+            last = np.flatnonzero(rest > 0)
             tuples = np.column_stack([np.tile(top, (last.size, 1)), last]) if n > 1 else last[:, None]
-            probs = q[last] / q[last].sum()
+            probs = rest[last]
+            if self.law == "hub":  # (x, a) with probability q(x), (a, y) with q(a) q'(y)
+                tuples = np.concatenate([tuples[:, ::-1], tuples])
+                probs = np.concatenate([q[last], q[top[0]] * rest[last]])
             return tuples.astype(np.int64), probs
         count = support.size**n
         if count > max_tuples:
@@ -220,23 +244,77 @@ class Problem:
         tuples = np.array(list(itertools.product(support, repeat=n)), dtype=np.int64).reshape(-1, n)
         if self.law == "iid":
             probs = np.prod(q[tuples], axis=1)
-        else:  # wor: q(x_k) / (1 − q(x_1..x_{k−1})), zero on repeats
-            qt = q[tuples]
-            before = np.cumsum(qt, axis=1) - qt
-            with np.errstate(divide="ignore", invalid="ignore"):
-                probs = np.prod(qt / (1.0 - before), axis=1)
+        else:  # wor: q(x_k) / q(tokens not drawn yet), zero on repeats
             distinct = np.array([len(set(t)) == n for t in tuples.tolist()], dtype=bool)
-            probs = np.where(distinct, probs, 0.0)
+            tuples = tuples[distinct]
+            # the mass left is summed over the undrawn tokens, not taken as 1 − q(drawn): no cancellation
+            # when a drawn token holds almost all of q
+            left = np.ones((len(tuples), support.size), dtype=bool)
+            rank = np.searchsorted(support, tuples)  # positions of the drafts within supp q
+            probs = np.ones(len(tuples))
+            for k in range(n):
+                probs *= q[tuples[:, k]] / (left @ q[support])
+                left[np.arange(len(tuples)), rank[:, k]] = False
         keep = probs > 0
         return tuples[keep], probs[keep]
 
     def all_in_probability(self, H) -> float:
         """Q(Hⁿ): the probability that every draft lies in H (a list of ids or a bool mask)."""
         mask = self.mask(H)
+        tokens = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)])
+        return float(self.prefix_all_in(tokens)[int(mask.sum())])
+
+    def prefix_all_in(self, tokens) -> np.ndarray:
+        """Q(H_kⁿ) for every prefix H_k = tokens[:k], k = 0..len(tokens), without listing draft tuples.
+
+        O(V) for "iid", "greedy" and "hub"; O(V·M·n) for "wor", with M ≈ 10·log(t_max/t_min) quadrature
+        nodes (a few hundred to a few thousand).
+        """
+        tokens = np.asarray(tokens, dtype=np.int64)
+        q, n = self.q, self.n
+        Q = np.concatenate([[0.0], np.minimum(np.cumsum(q[tokens]), 1.0)])  # q(H_k)
         if self.law == "iid":
-            return float(self.q[mask].sum() ** self.n)
-        tuples, probs = self.draft_tuples()
-        return float(probs[mask[tuples].all(axis=1)].sum())
+            return Q**n
+        if self.law in ("greedy", "hub"):
+            top, rest = self.deterministic_drafts(), self.rest_law()
+            has_top = np.concatenate([[0], np.cumsum(np.isin(tokens, top))]) == top.size  # T ⊆ H_k
+            rest_in = np.concatenate([[0.0], np.cumsum(rest[tokens])])  # q'(H_k ∖ T), as q'(T) = 0
+            return np.where(has_top, np.minimum(rest_in, 1.0), 0.0)
+        return self._wor_prefix_all_in(tokens)
+
+    def _wor_prefix_all_in(self, tokens: np.ndarray) -> np.ndarray:
+        """The "wor" integral (module docstring) for every prefix, by the trapezoid rule in s = log t.
+
+        P(at least n of H_k arrived by t) does not depend on λ, so one pass over the tokens updates
+        it prefix by prefix (a Poisson-binomial count capped at n); only the weight λ e^{−λt} changes.
+        """
+        q, n = self.q, self.n
+        qt = q[tokens]
+        unlisted = np.ones(self.V, dtype=bool)
+        unlisted[tokens] = False
+        # λ_k = q(H_kᶜ) as a suffix sum, so it is exactly 0 once H_k holds all of supp q
+        lam = np.concatenate([np.cumsum(qt[::-1])[::-1], [0.0]]) + q[unlisted].sum()
+        positive = q[q > 0]
+        lam_min = max(float(positive.min()), 1e-300)
+        # below t_min the integrand is ≤ λ t ⋅ P(≥ 1 arrival) ≤ t: negligible; past t_max, e^{−λt} ≤ e^{−40}
+        s = np.arange(np.log(1e-10), np.log(40.0 / lam_min) + WOR_STEP, WOR_STEP)
+        t = np.exp(s)  # (M,)
+        counts = np.zeros((n + 1, t.size))  # P(c arrivals among H_k by t), c = 0..n−1, and ≥ n in row n
+        counts[0] = 1.0
+        at_least = np.zeros((tokens.size + 1, t.size))
+        for k, qk in enumerate(qt, start=1):
+            if qk > 0:
+                b = -np.expm1(-qk * t)  # P(token k has arrived by t)
+                counts[n] += counts[n - 1] * b
+                counts[1:n] = counts[1:n] * (1.0 - b) + counts[:n - 1] * b
+                counts[0] *= 1.0 - b
+            at_least[k] = counts[n]
+        # ∫ λ e^{−λt} F(t) dt = ∫ λ t e^{−λt} F(e^s) ds
+        weight = lam[:, None] * t[None, :] * np.exp(-lam[:, None] * t[None, :]) * WOR_STEP
+        out = np.einsum("km,km->k", weight, at_least)
+        # λ = 0: H_k holds all of supp q, and so all n draws
+        out = np.where(lam > 0, out, at_least[:, -1])
+        return np.clip(out, 0.0, 1.0)
 
     def psi(self, H) -> float:
         """ψ(H) = p(H) − Q(Hⁿ); the optimal acceptance is 1 + min_H ψ(H)."""
@@ -285,11 +363,12 @@ class Problem:
                 keys = np.log(q)[None, :] + rng.gumbel(size=(m, self.V))
             out = np.argsort(-keys, axis=1)[:, :n]
         else:
-            top = self._greedy_top()
-            rest = q.copy()
-            rest[top] = 0.0
-            last = rng.choice(self.V, size=m, p=rest / rest.sum())
+            top, rest = self.deterministic_drafts(), self.rest_law()
+            last = rng.choice(self.V, size=m, p=rest)
             out = np.column_stack([np.tile(top, (m, 1)), last])
+            if self.law == "hub":  # first draft x ~ q: (x, a) if x ≠ a, else (a, y) with y ~ q'
+                first = rng.choice(self.V, size=m, p=q)
+                out = np.where((first == top[0])[:, None], out, np.column_stack([first, np.full(m, top[0])]))
         return out[0] if size is None else out
 
     # ------------------------------------------------------------ builders

@@ -4,7 +4,8 @@ Notation: ψ(H) = p(H) − Q(Hⁿ), α* = 1 + min_H ψ(H) (Hu et al. 2025; the p
 
 For i.i.d. drafts ψ(H) = p(H) − q(H)ⁿ is submodular and its minimisers are prefixes of the tokens
 sorted by q/p decreasing (the paper's Lemma 6.3, "i.i.d. q-convexity"). Hu et al. show the same
-prefix structure for the other draft laws, so one scan of V + 1 prefixes finds min ψ in every case.
+prefix structure for sampling without replacement, so one scan of V + 1 prefixes finds min ψ there
+too; for greedy and hub drafts the deterministic drafts T go first (see `order`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def order(problem: Problem) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(p > 0, q / p, np.inf)
     ratio = np.where((p == 0) & (q == 0), -1.0, ratio)
+    if problem.law in ("greedy", "hub"):
+        # Q(Hⁿ) = [T ⊆ H] q'(H ∖ T): ψ is minimised by ∅ or T ∪ {q' > p}, a prefix once T comes first
+        ratio[problem.deterministic_drafts()] = np.inf
     return np.lexsort((np.arange(problem.V), -ratio))
 
 
@@ -32,8 +36,7 @@ def prefix_psi(problem: Problem, tokens: np.ndarray | None = None) -> np.ndarray
     if problem.law == "iid":
         Q = np.concatenate([[0.0], np.cumsum(problem.q[tokens])])
         return P - np.minimum(Q, 1.0) ** problem.n
-    all_in = [problem.all_in_probability(tokens[:k]) for k in range(len(tokens) + 1)]
-    return P - np.asarray(all_in)
+    return P - problem.prefix_all_in(tokens)
 
 
 def _scan(problem: Problem):
