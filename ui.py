@@ -266,7 +266,8 @@ def page_setup(title: str, caption: str = "", *, stop_on_error: bool = True) -> 
         bind(st.slider, "n", "n: number of drafts", min_value=1, max_value=MAX_N)
         bind(st.radio, "law", "draft law", options=LAWS, horizontal=True,
              help="iid: n independent draws from q · wor: without replacement · greedy: the top n−1 "
-                  "tokens of q plus one draw from the rest.")
+                  "tokens of q plus one draw from the rest · hub: SpecHub's n = 2 law (the top token of q "
+                  "is always drafted).")
     try:
         problem = problem_from_state(s)
     except gr.InputError as err:
