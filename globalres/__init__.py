@@ -31,6 +31,15 @@ SOLVERS = {
     "opt_maxflow": "maxflow:solve_sliced",
     "global_resolution": "convex:solve",
     "exact": "exact:solve",
+    "sps": "verifiers:sps",
+    "nss": "verifiers:nss",
+    "naive": "verifiers:naive",
+    "kseq": "verifiers:kseq",
+    "rrs": "verifiers:rrs",
+    "rrs_wor": "verifiers:rrs_wor",
+    "spechub": "verifiers:spechub",
+    "greedy": "verifiers:greedy",
+    "khisti_is": "verifiers:khisti_is",
 }
 
 
