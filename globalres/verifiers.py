@@ -121,10 +121,9 @@ def _plan(problem: Problem, method: str, acceptance: float, rule, sampler, **inf
 def _enumerated_acceptance(problem: Problem, rule, max_tuples: int, samples: int, seed: int):
     """P(output ∈ ω) = Σ_ω Q(ω) Σ_{y∈set(ω)} π(y|ω), exactly over every draft tuple when there are at most
     `max_tuples` of them, else a Monte Carlo mean of the exact per-tuple acceptance (returns its s.e.)."""
-    support = int((problem.q > 0).sum())
-    if support**problem.n <= max_tuples:
-        tuples, probs = problem.draft_tuples(max_tuples)
-        weights, se = probs, 0.0
+    exact = int((problem.q > 0).sum()) ** problem.n <= max_tuples
+    if exact:
+        tuples, weights = problem.draft_tuples(max_tuples)
     else:
         tuples = problem.sample_drafts(np.random.default_rng(seed), samples)
         weights = np.full(samples, 1.0 / samples)
@@ -135,8 +134,7 @@ def _enumerated_acceptance(problem: Problem, rule, max_tuples: int, samples: int
         member = np.zeros(pi.shape, dtype=bool)
         np.put_along_axis(member, x, True, axis=1)
         per_tuple[start:start + 4096] = np.where(member, pi, 0.0).sum(axis=1)
-    if weights is not probs:
-        se = float(per_tuple.std(ddof=1) / math.sqrt(samples))
+    se = 0.0 if exact else float(per_tuple.std(ddof=1) / math.sqrt(samples))
     return float(weights @ per_tuple), se
 
 
@@ -162,7 +160,7 @@ def nss(problem: Problem) -> VerifierPlan:
     _require(problem, "nss", law="iid")
     p, q, n = problem.p, problem.q, problem.n
     rule, sampler = _sequential(problem.V, lambda x: (x[:, :0], np.zeros((len(x), 0)), p))
-    return _plan(problem, "nss", p @ -np.expm1(n * np.log1p(-np.minimum(q, 1.0))), rule, sampler)
+    return _plan(problem, "nss", p @ (1.0 - (1.0 - q) ** n), rule, sampler)
 
 
 def naive(problem: Problem) -> VerifierPlan:
@@ -174,7 +172,7 @@ def naive(problem: Problem) -> VerifierPlan:
     p, q, n = problem.p, problem.q, problem.n
     accept, residual = _ratio(p, q), _norm_positive(p - q, p)
     rule, sampler = _sequential(problem.V, lambda x: (x[:, :1], accept[x[:, :1]], residual))
-    acceptance = np.minimum(p, q).sum() + np.maximum(p - q, 0.0) @ -np.expm1((n - 1) * np.log1p(-np.minimum(q, 1.0)))
+    acceptance = np.minimum(p, q).sum() + np.maximum(p - q, 0.0) @ (1.0 - (1.0 - q) ** (n - 1))
     return _plan(problem, "naive", acceptance, rule, sampler, residual=residual)
 
 
@@ -208,7 +206,7 @@ def kseq(problem: Problem) -> VerifierPlan:
     p, q, n = problem.p, problem.q, problem.n
     rho, beta = kseq_rho(p, q, n)
     # each accepted token x gets min(q, p/ρ)·Σ_i (1 − β)^{i−1} = min(q, p/ρ)·γ of the output mass
-    gamma = -np.expm1(n * np.log1p(-beta)) / beta if beta > 0 else float(n)
+    gamma = (1.0 - (1.0 - beta) ** n) / beta if beta > 0 else float(n)
     accept = _ratio(p / rho, q)
     residual = _norm_positive(p - gamma * np.minimum(q, p / rho), p)
     rule, sampler = _sequential(problem.V, lambda x: (x, accept[x], residual))
