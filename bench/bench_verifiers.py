@@ -24,8 +24,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import globalres as gr  # noqa: E402
 from pairs import pairs  # noqa: E402
+
+import globalres as gr  # noqa: E402
 
 METHODS = [  # name, draft law, n it needs (None: any)
     ("nss", "iid", None), ("naive", "iid", None), ("rrs", "iid", None), ("kseq", "iid", None),

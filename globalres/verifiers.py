@@ -92,7 +92,7 @@ def _sequential(V: int, steps) -> tuple[Callable, Callable]:
 
     def sampler(drafts: np.ndarray, rng: np.random.Generator) -> int:
         cand, acc, res = steps(drafts[None, :])
-        for c, a in zip(cand[0], acc[0]):
+        for c, a in zip(cand[0], acc[0], strict=True):
             if rng.random() < a:
                 return int(c)
         res = np.broadcast_to(res, (1, V))[0]
@@ -373,7 +373,7 @@ def khisti_is(problem: Problem, *, max_variables: int = MAX_IS_VARIABLES) -> Pla
                                 scipy.sparse.identity(V)]).tocsr()
     res = scipy.optimize.linprog(np.concatenate([np.zeros(nw), -np.ones(V)]), A_ub=A_ub, b_ub=np.zeros(V),
                                  A_eq=A_eq, b_eq=np.ones(m),
-                                 bounds=list(zip(np.zeros(nw + V), np.concatenate([np.full(nw, np.inf), p]))),
+                                 bounds=np.column_stack([np.zeros(nw + V), np.concatenate([np.full(nw, np.inf), p])]),
                                  method="highs")
     if res.status != 0:
         return failed(problem, "khisti_is", res.status + 1, f"HiGHS did not solve the IS-weight LP: {res.message}",

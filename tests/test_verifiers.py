@@ -84,7 +84,7 @@ def test_the_sampled_procedure_follows_pi_and_its_acceptance(method):
     draws = 4000
     drafts = pb.sample_drafts(rng, draws)
     out = np.array([plan.sample(d, rng) for d in drafts])
-    accepted = np.mean([o in d for o, d in zip(out, drafts.tolist())])
+    accepted = np.mean([o in d for o, d in zip(out, drafts.tolist(), strict=True)])
     se = np.sqrt(plan.acceptance * (1 - plan.acceptance) / draws)
     assert abs(accepted - plan.acceptance) <= 5 * se + 1e-12, (accepted, plan.acceptance)
     freq = np.bincount(out, minlength=pb.V) / draws
@@ -137,7 +137,8 @@ D2 = [  # p, q, n, {method: acceptance}
 def test_peers_D2_larger_gaps(p, q, n, expected):
     pb = gr.Problem(p, q, n)
     for method, value in expected.items():
-        assert round(gr.solve(pb.with_(law=LAW[method]), method).acceptance, 6) == pytest.approx(value, abs=1e-12), method
+        got = gr.solve(pb.with_(law=LAW[method]), method).acceptance
+        assert round(got, 6) == pytest.approx(value, abs=1e-12), method
     if n == 2:
         assert round(gr.solve(pb.with_(n=1), "sps").acceptance, 6) == pytest.approx(
             {0.5: 0.7, 0.9: 0.15, 0.6: 0.9}[p[0]], abs=1e-12)
@@ -169,7 +170,7 @@ def test_all_in_probability_matches_enumeration_and_alpha_star_matches_brute_for
         masks = [np.array(m, dtype=bool) for m in itertools.product([False, True], repeat=V)]
         exact = [probs[m[tuples].all(axis=1)].sum() for m in masks]
         np.testing.assert_allclose([pb.all_in_probability(m) for m in masks], exact, atol=1e-13)
-        brute = 1.0 + min(pb.p[m].sum() - e for m, e in zip(masks, exact))
+        brute = 1.0 + min(pb.p[m].sum() - e for m, e in zip(masks, exact, strict=True))
         np.testing.assert_allclose(gr.alpha_star(pb), brute, atol=1e-13)
 
 
