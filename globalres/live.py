@@ -240,9 +240,9 @@ class Token:
         return 1e3 * self.solver_seconds / self.tokens
 
 
-def decode(pair: SmolPair, prompt: str, *, n: int = 4, method: str = "exact", draft_len: int = 1,
-           max_new_tokens: int = 32, temperature: float = 1.0, top_k: int | None = 50, seed: int = 0,
-           chat: bool = True, solve_options: dict | None = None) -> Iterator[Token]:
+def decode(pair: SmolPair, prompt: str, *, n: int = 4, method: str = "exact", law: str = "iid",
+           draft_len: int = 1, max_new_tokens: int = 32, temperature: float = 1.0, top_k: int | None = 50,
+           seed: int = 0, chat: bool = True, solve_options: dict | None = None) -> Iterator[Token]:
     """Speculative decoding with n i.i.d. drafts per position, verified by `globalres.solve(…, method)`.
 
     Yields each emitted Token as soon as it is known (stream it). Each round: the draft grows n
@@ -251,6 +251,10 @@ def decode(pair: SmolPair, prompt: str, *, n: int = 4, method: str = "exact", dr
     surviving branches, with the never-drafted tokens folded into one (`realdata.fold_undrafted`:
     exact for α and losslessness). Prefixes are recomputed every call (no KV cache), which keeps it
     simple and exact; the speed-up measure is tokens per target call.
+
+    `law` other than "iid" ("wor", "greedy", "hub": for verifiers such as rrs_wor, greedy, spechub)
+    draws the n first tokens by that law and needs draft_len = 1, since deeper survivors are only
+    i.i.d. under the i.i.d. law. Verifiers built for one draft (sps) need n = 1.
     """
     import torch
 
@@ -261,6 +265,9 @@ def decode(pair: SmolPair, prompt: str, *, n: int = 4, method: str = "exact", dr
     for label, value, low in (("n", n, 1), ("draft_len", draft_len, 1), ("max_new_tokens", max_new_tokens, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InputError(f"{label} must be a whole number ≥ {low}; got {value!r}.")
+    if law != "iid" and draft_len != 1:
+        raise InputError(f"law={law!r} needs draft_len=1 (only i.i.d. branches stay i.i.d. below the root); "
+                         f"got draft_len={draft_len}.")
     rng = np.random.default_rng(seed)
     options = solve_options or {}
     ids = pair.encode(prompt, chat=chat)
@@ -280,7 +287,10 @@ def decode(pair: SmolPair, prompt: str, *, n: int = 4, method: str = "exact", dr
         branches = np.empty((n, draft_len), dtype=np.int64)
         q = np.empty((n, draft_len, pair.V))
         q[:, 0] = draft_q([ids])[0]
-        branches[:, 0] = rng.choice(pair.V, size=n, p=q[0, 0])
+        root = np.flatnonzero(q[0, 0] > 0)
+        # only q and the law matter for drawing drafts; the problem's p is a placeholder here
+        q_root = q[0, 0, root]
+        branches[:, 0] = root[Problem(q_root, q_root, n, law=law).sample_drafts(rng)]
         for d in range(1, draft_len):
             q[:, d] = draft_q([ids + b[:d].tolist() for b in branches])
             branches[:, d] = [rng.choice(pair.V, p=row) for row in q[:, d]]
@@ -300,7 +310,7 @@ def decode(pair: SmolPair, prompt: str, *, n: int = 4, method: str = "exact", dr
                 t0 = time.perf_counter()
                 omega = tuple(int(v) for v in branches[alive, d])
                 p_red, q_red, keep = fold_undrafted(p, q[b0, d])
-                problem = Problem(p_red, q_red, len(alive))
+                problem = Problem(p_red, q_red, len(alive), law=law)
                 plan = solve(problem, method=method, **options)
                 y_red = plan.sample(np.searchsorted(keep, omega), rng)
                 # the folded tail token stands for every never-drafted token: draw which one from p

@@ -40,24 +40,53 @@ def test_trained_adapter_report_is_shipped(pair):
     assert report["test_alpha_after"] > report["test_alpha_before"] + 0.1
 
 
-@pytest.mark.parametrize("method", sorted(gr.SOLVERS))
-def test_short_decode_is_lossless_for_every_verifier(pair, method):
-    tokens = list(live.decode(pair, "Write a haiku about rain.", n=2, method=method, draft_len=2,
-                              max_new_tokens=4, top_k=6, seed=0))
-    assert 1 <= len(tokens) <= 4
-    assert [t.tokens for t in tokens] == list(range(1, len(tokens) + 1))
-    assert tokens[-1].target_calls <= len(tokens) and tokens[-1].tokens_per_call >= 1.0
-    assert tokens[-1].solver_seconds > 0
-    for t in tokens:
+@pytest.fixture(scope="module")
+def decoded(pair):
+    """One short decode: n = 2 drafts of 2 tokens per round, draft cut to its top 6, default verifier."""
+    return list(live.decode(pair, "Write a haiku about rain.", n=2, draft_len=2, max_new_tokens=6, top_k=6, seed=0))
+
+
+def test_decode_streams_tokens_with_running_totals(pair, decoded):
+    assert 1 <= len(decoded) <= 6
+    assert [t.tokens for t in decoded] == list(range(1, len(decoded) + 1))
+    assert decoded[-1].target_calls <= len(decoded) and decoded[-1].tokens_per_call >= 1.0
+    assert decoded[-1].solver_seconds > 0 and decoded[-1].solver_ms_per_token > 0
+    for t in decoded:
         assert t.kind in ("accepted", "resampled", "bonus")
         assert (t.id in t.drafts) == (t.kind == "accepted")
-        if t.problem is None:
-            continue
-        plan = gr.solve(t.problem, method=method)
+        assert t.text == pair.tokenizer.decode([t.id])
+    # tokens of one round: accepted ones, then one resampled or bonus token that ends it
+    for before, after in zip(decoded, decoded[1:]):
+        if before.kind != "accepted":
+            assert after.depth == 0
+
+
+# verifiers built for another draft law or a fixed n are checked on the same (p, q) with that law / n
+SETTING = {"sps": dict(n=1), "rrs_wor": dict(law="wor"), "greedy": dict(law="greedy"), "spechub": dict(law="hub")}
+
+
+@pytest.mark.parametrize("method", sorted(gr.SOLVERS))
+def test_every_verifier_is_lossless_on_the_decoded_positions(decoded, method):
+    problems = [t.problem for t in decoded if t.problem is not None]
+    assert problems
+    for pb in problems:
+        pb = pb.with_(**SETTING.get(method, {}))
+        plan = gr.solve(pb, method=method)
         audit = plan.audit()
-        assert audit.l1 < 1e-8, f"{method} is not lossless at token {t.tokens}: l1 = {audit.l1:.3g}"
+        assert audit.l1 < 1e-8, f"{method} is not lossless on {pb}: l1 = {audit.l1:.3g}"
         np.testing.assert_allclose(audit.acceptance, plan.acceptance, atol=1e-8)
-        assert plan.acceptance <= gr.alpha_star(t.problem) + 1e-9
+        assert plan.acceptance <= gr.alpha_star(pb) + 1e-9
+
+
+def test_decode_with_drafts_without_replacement(pair):
+    tokens = list(live.decode(pair, "Name three fruits.", n=3, method="rrs_wor", law="wor", max_new_tokens=3,
+                              top_k=4, seed=1))
+    assert len(tokens) == 3
+    for t in tokens:
+        if t.problem is not None:
+            assert t.problem.law == "wor" and len(set(t.drafts)) == len(t.drafts) == 3
+    with pytest.raises(gr.InputError, match="needs draft_len=1"):
+        next(live.decode(pair, "hi", law="wor", draft_len=2))
 
 
 def test_bad_decode_arguments(pair):
