@@ -112,10 +112,11 @@ def _require(problem: Problem, method: str, *, law: str | None = None, n: int | 
                          f"Use problem.with_(law={law!r}).")
 
 
-def _plan(problem: Problem, method: str, acceptance: float, rule, sampler, **info) -> VerifierPlan:
+def _plan(problem: Problem, method: str, acceptance: float, rule, sampler, message: str = "",
+          **info) -> VerifierPlan:
     a = alpha_star(problem)
     info.update(alpha_star=a, gap=a - acceptance)
-    return VerifierPlan(problem, method, float(acceptance), rule, OK, "", None, info, sampler)
+    return VerifierPlan(problem, method, float(acceptance), rule, OK, message, None, info, sampler)
 
 
 def _enumerated_acceptance(problem: Problem, rule, max_tuples: int, samples: int, seed: int):
@@ -267,12 +268,9 @@ def rrs_wor(problem: Problem, *, max_tuples: int = 200_000, samples: int = 20_00
 
     rule, sampler = _sequential(V, steps)
     acceptance, se = _enumerated_acceptance(problem, rule, max_tuples, samples, seed)
-    plan = _plan(problem, "rrs_wor", acceptance, rule, sampler, acceptance_se=se)
-    if se:
-        return VerifierPlan(problem, "rrs_wor", acceptance, rule, OK,
-                            f"acceptance estimated from {samples} draft tuples (± {se:.1e} s.e.): more than "
-                            f"{max_tuples} tuples to sum exactly", None, plan.info, sampler)
-    return plan
+    message = (f"acceptance estimated from {samples} draft tuples (± {se:.1e} s.e.): more than {max_tuples} "
+               f"tuples to sum exactly" if se else "")
+    return _plan(problem, "rrs_wor", acceptance, rule, sampler, message, acceptance_se=se)
 
 
 # --------------------------------------------------------------------------- greedy / hub drafts

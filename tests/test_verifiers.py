@@ -212,3 +212,18 @@ def test_kseq_rho_is_one_for_a_single_draft_and_disjoint_supports():
     pb = gr.Problem([1.0, 0.0], [0.0, 1.0], 3)
     plan = gr.solve(pb, "kseq")
     assert plan.acceptance == 0.0 and plan.audit().l1 <= 1e-12
+
+
+def test_khisti_lp_that_stops_early_is_a_failed_plan_not_a_result(monkeypatch):
+    import scipy.optimize
+
+    from globalres import verifiers
+
+    def stopped(*args, **kwargs):
+        return scipy.optimize.OptimizeResult(status=1, message="Iteration limit reached.", x=None, fun=None)
+
+    monkeypatch.setattr(verifiers.scipy.optimize, "linprog", stopped)
+    plan = gr.solve(gr.Problem([0.5, 0.3, 0.2], [0.2, 0.3, 0.5], 2), "khisti_is")
+    assert not plan.success and np.isnan(plan.acceptance) and "Iteration limit" in plan.message
+    with pytest.raises(gr.SolverError):
+        plan.sample([0, 1], np.random.default_rng(0))
