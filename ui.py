@@ -57,11 +57,12 @@ DEFAULTS = {
     "ri": 0,  # real model: position in the bundled SmolLM2 pairs
     "rk": 10,  # real model: draft top-k
     "rc": "all",  # real model: category of text
+    "tau": "1e-3",  # Global Resolution's tolerance on the Convex reduction page (the paper's 1e-3, 1e-4)
 }
 INT_KEYS = {"n", "V", "seed", "topk", "k", "mc", "ms", "ss", "stage", "ri", "rk"}
 FLOAT_KEYS = {"conc", "T", "tp"}
 CHOICES = {"src": SOURCES, "preset": tuple(gr.PRESETS), "law": LAWS, "be": ("highs", "pot", "cvxpy"),
-           "rc": ("all", "prose", "code", "list", "chat")}
+           "rc": ("all", "prose", "code", "list", "chat"), "tau": ("1e-2", "1e-3", "1e-4", "1e-5")}
 BOUNDS = {"n": (1, MAX_N), "V": (2, MAX_V_RANDOM), "topk": (0, MAX_V_RANDOM), "k": (0, MAX_V_UPLOAD),
           "mc": (100, 200_000), "stage": (1, 4), "seed": (0, 2**31 - 1), "ms": (0, 2**31 - 1),
           "ss": (0, 2**31 - 1), "conc": (1e-3, 1e3), "T": (0.05, 5.0), "tp": (0.05, 1.0),  # = the widgets' ranges

@@ -133,7 +133,9 @@ def psi_chain(problem: Problem) -> go.Figure:
     fig.add_scatter(x=x[k:][::-1], y=np.minimum.accumulate(tail), mode="lines", name="running min (outer chain)",
                     line=dict(color=VERMILLION, dash="dash", width=2))
     fig.add_scatter(x=[k], y=[psi[k]], mode="markers+text", name="H*", text=[f"H*: α* = {1 + psi[k]:.5f}"],
-                    textposition="bottom center", marker=dict(size=16, color=BLACK, symbol="star"))
+                    # at either end of the chain a centred label would be cut by the plot's edge
+                    textposition="bottom right" if k == 0 else "bottom left" if k == len(x) - 1 else "bottom center",
+                    marker=dict(size=16, color=BLACK, symbol="star"))
     fig.update_xaxes(title="prefix (tokens by q/p ↓); shaded: H*, outer segments",
                      tickvals=x, ticktext=names)
     fig.update_yaxes(title="ψ(H) = p(H) − Q(Hⁿ)")
@@ -265,7 +267,7 @@ def flow_network(problem: Problem, groups: np.ndarray, group_probs: np.ndarray, 
                     hovertext=[f"{glabels[g]}: Q = {group_probs[g]:.5f}, flow out {outflow[g]:.5f}"
                                for g in range(N)], hoverinfo="text")
     fig.add_scatter(x=[0, 3], y=[0.5, 0.5], mode="markers+text", text=["source s", "sink t"],
-                    textposition=["middle left", "middle right"], marker=dict(size=22, color=BLACK),
+                    textposition="bottom center", marker=dict(size=22, color=BLACK),
                     name="s, t", hoverinfo="skip")
     fig.update_xaxes(visible=False, range=[-0.9, 4.1])
     fig.update_yaxes(visible=False, range=[-0.08, 1.08])

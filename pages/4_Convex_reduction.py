@@ -33,11 +33,15 @@ with segs:
                    "it; rejections are redrawn from the residual ρ.")
 
 st.subheader("Solvers")
+ui.bind(st.radio, "tau", "Global Resolution's tolerance τ (truncation and gradient; the paper uses 1e-3 and 1e-4)",
+        options=ui.CHOICES["tau"], horizontal=True)
+ITERATION = {"global_resolution": "L-BFGS-B iteration", "exact": "Newton iteration"}
+OPTIONS = {"global_resolution": dict(tau=float(ui.state()["tau"])), "exact": {}}
 cols = st.columns(len(METHODS), gap="large")
 for col, (method, name) in zip(cols, METHODS.items()):
     with col:
         st.markdown(f"**{name}**")
-        out = ui.solve(problem, method)
+        out = ui.solve(problem, method, **OPTIONS[method])
         if not ui.show_outcome(out):
             continue
         plan = out.plan
@@ -49,7 +53,14 @@ for col, (method, name) in zip(cols, METHODS.items()):
                      if key in plan.info]
         if certified:
             st.markdown("Solver's own bounds: " + ", ".join(certified))
-        errors = ui.audit_errors(problem, method)
+        if method == "global_resolution":
+            tau, info = plan.info["tau"], plan.info
+            st.markdown(f"Truncation: |T_out| = {len(info['t_out'])}, ε_T = {info['eps_T']:.1e}; |T_in| = "
+                        f"{len(info['t_in'])}, γ_T = {info['gamma_T']:.1e}. Lemma 6.6 promises ‖output − p‖₁ ≤ 15τ "
+                        f"= {15 * tau:.1e} and |α − α*| ≤ 10τ = {10 * tau:.1e}.")
+            if not info["gr_success"]:
+                st.warning(plan.message)
+        errors = ui.audit_errors(problem, method, **OPTIONS[method])
         if errors is not None:
             st.markdown(f"Exact enumeration: ‖output − p‖₁ = **{errors[0]:.2e}**, "
                         f"|acceptance − α*| = **{errors[1]:.2e}**")
@@ -60,7 +71,7 @@ for col, (method, name) in zip(cols, METHODS.items()):
                      f"weights_{method}", f"cx.w.{method}")
         objective, gradient = ui.series(plan.info), ui.series(plan.info, "gradient_norm")
         if objective:
-            ui.chart(viz.traces(objective, "objective per Newton iteration", "objective"), f"objective_{method}",
+            ui.chart(viz.traces(objective, f"objective per {ITERATION[method]}", "objective"), f"objective_{method}",
                      f"cx.obj.{method}")
         if gradient:
             ui.chart(viz.traces(gradient, "its error: gradient norm per iteration", "‖∇‖", log=True),

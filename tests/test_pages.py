@@ -355,6 +355,17 @@ def test_convex_page_draws_the_exact_solver_iterations():
     assert len(at.get("plotly_chart")) >= 4
 
 
+def test_convex_page_runs_global_resolution_at_the_chosen_tau():
+    at = run("pages/4_Convex_reduction.py", {"src": "random", "V": "6", "seed": "2", "n": "3", "tau": "1e-2"})
+    assert_clean(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert "15τ = 1.5e-01" in text and "objective per L-BFGS-B iteration" in str(at.get("plotly_chart")[2].proto.spec)
+    widget(at.radio, "tau").set_value("1e-4").run()
+    assert_clean(at)
+    assert at.query_params["tau"] == "1e-4"
+    assert "15τ = 1.5e-03" in " ".join(m.value for m in at.markdown)
+
+
 def test_step_through_shows_the_weights_of_the_drafts():
     at = run("pages/7_Step_through.py", {"stage": "3"})
     assert_clean(at)
