@@ -105,7 +105,10 @@ def test_every_exact_method_is_optimal_and_lossless(method, problem):
     plan = gr.solve(problem, method)
     assert_valid_plan(plan)
     if plan.h_star is not None:  # the min cut is the smallest minimiser
-        assert set(plan.h_star.tolist()) == set(gr.h_star(problem).tolist())
+        H, cut = set(gr.h_star(problem).tolist()), set(plan.h_star.tolist())
+        # ψ values within float resolution (1e-12 here) are ties, and which tied set a float max-flow
+        # cuts is arbitrary; the cut must still be a minimiser (hypothesis finds such ties at 1e-14)
+        assert cut == H or abs(problem.psi(list(cut)) - problem.psi(list(H))) <= 1e-12, (cut, H)
 
 
 @pytest.mark.parametrize("method", EXACT_METHODS)
