@@ -179,7 +179,7 @@ def acceptance_bars(names: list[str], acceptance: list[float], alpha_star: float
                            textposition="outside", hovertemplate="%{y}: %{x:.6f}<extra></extra>"))
     fig.add_vline(x=alpha_star, line=dict(color=BLACK, dash="dash", width=2),
                   annotation_text=f"α* = {alpha_star:.4f}", annotation_position="top")
-    fig.update_xaxes(title="acceptance P(output ∈ drafts)", range=[0, 1.12])
+    fig.update_xaxes(title="acceptance P(output ∈ drafts)", range=[0, 1.3 if not all(lossless or [True]) else 1.12])
     fig.update_yaxes(autorange="reversed")
     return _style(fig, "Acceptance of each verifier", int(160 + 40 * len(names)))
 
