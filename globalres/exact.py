@@ -44,108 +44,255 @@ import numpy as np
 
 from .plan import GAVE_UP, Plan, failed
 from .problem import InputError, Problem
-from .subset import alpha_star, h_star, outer_segments
+from .subset import TIE
 
 STEP = 0.25  # trapezoid step in s = log t: relative error ~1e-12 (0.5 gives ~1e-8)
-TAIL = 1e-18  # mass the truncated s-range may drop from the integrals
+TAIL = 1e-18  # mass the truncated right end of the s-range may drop from the integrals
+LEFT = 1e-4  # left end t_lo = LEFT/κ; the nodes left of it are summed analytically (see `tail_sums`)
 MAX_LOG_STEP = 8.0  # a Newton step moves no log-weight further than this (a trust region)
 
 
-# ---------------------------------------------------------------------------------- quadrature
-def nodes(w: np.ndarray, q: np.ndarray, n: int, c0: int, h: float) -> np.ndarray:
-    """Quadrature nodes t_k = e^{s_k}, s_k on the grid h·ℤ, covering every bump of the integrands.
+# ------------------------------------------------------------------------------ thread-free BLAS
+# OpenBLAS runs a product on all cores once it has more than about 2^18 multiply-adds (2^13 for a
+# matrix-vector product). On a small shared CPU its threads then spin while other jobs hold the cores:
+# measured on 2 busy cores, a 1000×61 Gram matrix took 50 ms threaded and 0.1 ms in blocks. So the
+# solver multiplies in row blocks below those sizes, which BLAS runs on the calling thread.
+def _block_rows(K: int, m: int) -> int:
+    return max(1, (2**13 if m == 1 else 2**18) // (K * m))
 
-    Left end: the integrand of acc(v) is at most n q_v w_v t, so cutting at t_lo drops at most
-    n t_lo Σ q w. Right end: it is at most n q_v e^{−t(c0 + w_v)}, so t_hi = log(n/TAIL)/(c0 + min w).
+
+def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b for a (G, K) and b (K,) or (K, m), in single-threaded row blocks."""
+    G, K = a.shape
+    rows = _block_rows(K, 1 if b.ndim == 1 else b.shape[1])
+    if G <= rows:
+        return a @ b
+    cut = G - G % rows
+    head = (a[:cut].reshape(-1, rows, K) @ b).reshape(cut, *b.shape[1:])
+    return np.concatenate([head, a[cut:] @ b])
+
+
+def tdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """aᵀ @ b for a (G,) or (G, m) and b (G, K), in single-threaded row blocks."""
+    G, K = b.shape
+    a2 = a[:, None] if a.ndim == 1 else a
+    rows = _block_rows(K, a2.shape[1])
+    cut = G - G % rows if G > rows else 0
+    out = a2[cut:].T @ b[cut:]
+    if cut:
+        out += (a2[:cut].reshape(-1, rows, a2.shape[1]).transpose(0, 2, 1) @ b[:cut].reshape(-1, rows, K)).sum(0)
+    return out[0] if a.ndim == 1 else out
+
+
+# ---------------------------------------------------------------------------------- quadrature
+@dataclass(frozen=True)
+class System:
+    """One system of §4: draft mass q > 0 and targets of its tokens, the mass c of the zero-weight
+    tokens it sees, c0 = 1 (inner) or 0 (segment)."""
+
+    q: np.ndarray
+    target: np.ndarray
+    c: float
+    n: int
+    c0: int
+
+    @property
+    def Q(self) -> float:
+        return self.c + float(self.q.sum())
+
+
+def tail_sums(h: float) -> tuple[float, float, float]:
+    """ρ_j = Σ_{i≥1} e^{−ijh}, j = 1, 2, 3: the trapezoid nodes t_i = t_lo e^{−ih} left of the grid
+    weigh Σ_i t_i^j = t_lo^j ρ_j in a Taylor expansion of the integrand in t."""
+    return tuple(math.exp(-j * h) / -math.expm1(-j * h) for j in (1, 2, 3))
+
+
+def grid(w: np.ndarray, n: int, c0: int, h: float) -> tuple[int, int]:
+    """The node range lo..hi on hℤ (t_k = e^{kh}) that weights w need.
+
+    Right end: the acc(v) integrand is at most n q_v w_v Q^{n−1} e^{−t(c0 + w_v)}, so cutting at
+    t_hi = log(n/TAIL)/(c0 + min w) drops at most TAIL·Q. Left end: t_lo = LEFT/κ with κ = c0 + n·max w,
+    the largest rate in the integrands; the nodes left of it are summed by Taylor expansion (`evaluate`).
     Nodes sit on h·ℤ so that the grid of step h/2 contains them.
     """
-    scale = n * float(np.dot(q, w))
-    t_lo = TAIL / max(scale, 1e-300)
+    kappa = c0 + n * float(w.max())
+    lo = math.floor(math.log(LEFT / kappa) / h)
     t_hi = math.log(n / TAIL) / max(c0 + float(w.min()), 1e-300)
-    s_lo = math.floor(math.log(t_lo) / h)
-    s_hi = max(math.ceil(math.log(t_hi) / h), s_lo + 1)
-    return np.exp(h * np.arange(s_lo, s_hi + 1))
+    return lo, max(math.ceil(math.log(t_hi) / h), lo + 1)
 
 
-def evaluate(q, target, c, n, c0, b, t, h, hessian=True):
-    """acc(v), F and (for Newton) the Hessian parts of one system at log-weights b on nodes t.
+def integrals(system: System, w, E, t, h):
+    """acc(v) = n q_v w_v ∫ e^{−t(c0+w_v)} φ^{n−1} dt by the trapezoid rule in s = log t on nodes t (step h),
+    from E = e^{−t w} (G, K); with φ and the kernel h t e^{−c0 t} φ^{n−1} for the Hessian.
 
-    q, target, b : (G,) draft mass, target and log-weight of the system's tokens
-    c : draft mass of the zero-weight tokens the system sees;  c0 : 1 inner, 0 segment
-
-    The Hessian of F in b is diag(d) − U diag(C) Uᵀ with U = q w e^{−t w}, shape (G, K): tokens
-    couple only through φ on the K nodes, so it is a diagonal plus a rank-K term.
+    Nodes left of t_lo = t[0] enter through g(t) = g0 + g1 t + O(t²), the acc(v) integrand in t:
+    h Σ_i t_i g(t_i) = h t_lo (g0 ρ1 + g1 t_lo ρ2), g0 = n q w Q^{n−1}, g1 = −g0 (c0 + w + (n−1) m/Q),
+    m = Σ q w. The remainder is at most h g0 κ² t_lo³ ρ3 / 2 (g/g0 = E e^{−tX}, 0 ≤ X ≤ κ): `left_bound`.
     """
-    w = np.exp(b)
-    Q = c + q.sum()
-    wt = np.minimum(np.outer(w, t), 700.0)  # (G, K); past e^−700 only slow denormals remain
-    E = np.exp(-wt)
-    D = q @ (E - 1.0)  # φ − Q; only F uses it, to steer the line search, so rounding at small t is harmless
-    phi = Q + D
-    dt = h * t * np.exp(-c0 * t)  # trapezoid weight of dt = t ds, times e^{−c0 t}
+    n, c0, Q = system.n, system.c0, system.Q
+    phi = system.c + tdot(system.q, E)
+    dt = h * t * np.exp(-c0 * t)
     kernel = dt * phi ** (n - 1)
-    qw = q * w
-    acc = n * qw * (E @ kernel)
-    # φⁿ − Qⁿ = Qⁿ expm1(n log1p(D/Q)): no cancellation at small t
+    qw = system.q * w
+    m = float(qw.sum())
+    r1, r2, _ = tail_sums(h)
+    g0 = n * qw * Q ** (n - 1)
+    left = h * t[0] * g0 * (r1 - t[0] * r2 * (c0 + w + (n - 1) * m / Q))
+    return dict(acc=n * qw * dot(E, kernel) + left, phi=phi, kernel=kernel, dt=dt, qw=qw, m=m, g0=g0)
+
+
+def left_bound(system: System, w, t_lo: float, h: float) -> float:
+    """Σ_v of the remainder of the left-tail expansion in `integrals`: h n Q^{n−1} m κ² t_lo³ ρ3 / 2."""
+    n, Q = system.n, system.Q
+    kappa = system.c0 + n * float(w.max())
+    return h * n * Q ** (n - 1) * float(system.q @ w) * kappa**2 * t_lo**3 * tail_sums(h)[2] / 2
+
+
+def right_sum(hi: int, h: float) -> float:
+    """Σ_{k>hi} e^{−t_k}, t_k = e^{kh}: right of the grid φ = c to within TAIL, so F's integrand is
+    (Qⁿ − cⁿ) e^{−t} there (for both c0). F needs it: unlike acc, F's integrand decays only like e^{−t}."""
+    k = np.arange(hi + 1, math.ceil(math.log(50.0) / h) + 1)
+    return float(np.exp(-np.exp(h * k)).sum())
+
+
+def rescale(system: System, b, h: float):
+    """b + λ with λ such that the inner system's rejected mass R(λ) = ∫ e^{−t} φ_λ(t)ⁿ dt (weights
+    e^λ w) equals its exact value Qⁿ − Σ target, by Newton on log R (a start for `fit_system`).
+
+    When the weights are large (near-tight systems, design §5b) R ≈ e^{−λ} E[1/S], and Newton in
+    log-weights moves their common shift only about one unit per step; log R is nearly linear in λ
+    there, so a few 1-D steps (one pass of exponentials each) take the start to the right scale.
+    """
+    n, q, c, Q = system.n, system.q, system.c, system.Q
+    wanted = Q**n - float(system.target.sum())
+    if not wanted > c**n:  # tuples of zero-weight tokens are always rejected: R ≥ cⁿ
+        return b
+    lam = 0.0
+    for _ in range(30):
+        w = np.exp(b + lam)
+        lo, hi = grid(w, n, 1, h)
+        t = np.exp(h * np.arange(lo, max(hi, math.ceil(math.log(50.0) / h)) + 1))  # e^{−t} ≤ 2e−22 past 50
+        E = np.exp(-np.minimum(np.outer(w, t), 700.0))
+        phi, psi = c + tdot(q, E), tdot(q * w, E)
+        a = h * t * np.exp(-t)
+        R = float(a @ phi**n) + h * t[0] * tail_sums(h)[0] * Q**n
+        slope = -n * float((a * t * phi ** (n - 1)) @ psi) / R  # d log R / dλ < 0
+        miss = math.log(wanted / R)
+        if abs(miss) < 0.05 or not slope < 0:
+            break
+        lam += min(max(miss / slope, -20.0), 20.0)
+    return b + lam
+
+
+def evaluate(system: System, b, lo: int, hi: int, h: float):
+    """acc(v), F and the Hessian parts at log-weights b on the nodes t_k = e^{kh}, k = lo..hi.
+
+    F(b) = ∫ [A e^{−t} − e^{−c0 t}(φⁿ − (1 − c0) cⁿ)] dt/t − Σ target·b (module docstring); its
+    integrand is t (n Q^{n−1} m − (1 − c0)(Qⁿ − cⁿ)) + O(t²) left of the grid. The Hessian of F in b
+    is diag(d) − U diag(C) Uᵀ with U = q w e^{−t w}, shape (G, K): tokens couple only through φ.
+    """
+    n, c0, c, Q = system.n, system.c0, system.c, system.Q
+    w = np.exp(b)
+    t = np.exp(h * np.arange(lo, hi + 1))
+    E = np.minimum(np.outer(w, t), 700.0)  # past e^−700 only slow denormals remain
+    np.negative(E, out=E)
+    np.exp(E, out=E)
+    out = integrals(system, w, E, t, h)
+    phi, kernel, qw = out["phi"], out["kernel"], out["qw"]
+    # d = n q w ∫ e^{−t(c0+w)} (1 − t w) φ^{n−1}: two matrix-vector products, no second (G, K) pass
+    both = dot(E, np.stack([kernel, t * kernel], 1))
+    d = n * qw * (both[:, 0] - w * both[:, 1]) + h * t[0] * tail_sums(h)[0] * out["g0"]
+    # φⁿ − Qⁿ = Qⁿ expm1(n log1p(D/Q)), D = φ − Q: steers the line search only, so D's rounding is harmless
     with np.errstate(divide="ignore"):  # φ = 0 (c = 0, t large) gives log1p(−1) = −∞: fine
-        grow = Q**n * np.expm1(n * np.log1p(np.maximum(D / Q, -1.0)))
+        grow = Q**n * np.expm1(n * np.log1p(np.maximum(phi / Q - 1.0, -1.0)))
     integrand = -np.exp(-t) * grow if c0 == 1 else (Q**n - c**n) * np.expm1(-t) - grow
-    F = h * float(integrand.sum()) - float(np.dot(target, b))
-    if not hessian:
-        return acc, F, None
-    d = n * qw * ((E * (1.0 - wt)) @ kernel)
-    U = qw[:, None] * E
-    C = n * (n - 1) * dt * t * phi ** (n - 2) if n >= 2 else np.zeros_like(t)
-    return acc, F, (d, U, C)
+    first = n * Q ** (n - 1) * out["m"] - (1 - c0) * (Q**n - c**n)
+    F = h * (float(integrand.sum()) + t[0] * tail_sums(h)[0] * first + (Q**n - c**n) * right_sum(hi, h)) \
+        - float(np.dot(system.target, b))
+    C = n * (n - 1) * out["dt"] * t * phi ** (n - 2) if n >= 2 else np.zeros_like(t)
+    return dict(acc=out["acc"], F=F, d=d, E=E, qw=qw, C=C)
 
 
-def newton_direction(g: np.ndarray, d: np.ndarray, U: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """Solve (diag(d) − U diag(C) Uᵀ) x = −g, scaled by d^{-1/2}; Woodbury when G > K.
+def solve_small(A: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """A⁻¹ r for a symmetric positive definite A (k × k) by 2×2 block elimination (Schur complement)
+    down to blocks under 100: OpenBLAS factors those on the calling thread (see `dot`; measured on 2
+    busy cores: 0.04 ms at k = 99, 46 ms at k = 100)."""
+    k = A.shape[0]
+    if k < 100:
+        return np.linalg.solve(A, r)
+    m = k // 2
+    R = r[:, None] if r.ndim == 1 else r
+    X = solve_small(A[:m, :m], np.hstack([A[:m, m:], R[:m]]))  # A11⁻¹ [A12, r1]
+    X12, X1 = X[:, :k - m], X[:, k - m:]
+    Y2 = solve_small(A[m:, m:] - dot(A[m:, :m], X12), R[m:] - dot(A[m:, :m], X1))
+    Y = np.vstack([X1 - dot(X12, Y2), Y2])
+    return Y[:, 0] if r.ndim == 1 else Y
+
+
+def newton_direction(g, d, E, qw, C) -> np.ndarray:
+    """Solve (diag(d) − U diag(C) Uᵀ) x = −g, U = q w E, scaled by d^{-1/2}; Woodbury when G > K.
 
     With W = d^{-1/2} U C^{1/2}: (I − W Wᵀ)^{-1} = I + W (I − WᵀW)^{-1} Wᵀ, a K×K solve.
     """
-    d = np.maximum(d, 1e-300)
-    s = 1.0 / np.sqrt(d)
-    W = s[:, None] * U * np.sqrt(C)
+    s = 1.0 / np.sqrt(np.maximum(d, 1e-300))
+    W = E * np.sqrt(np.maximum(C, 0.0))
+    W *= (s * qw)[:, None]
     r = -s * g
     G, K = W.shape
-    small, rhs = (W @ W.T, r) if G <= K else (W.T @ W, W.T @ r)
+    small, rhs = (dot(W, W.T), r) if G <= K else (tdot(W, W), tdot(r, W))
     A = np.eye(small.shape[0]) - small
     A[np.diag_indices_from(A)] += 1e-13  # the segment gauge is pinned; this only guards round-off
     try:
-        y = np.linalg.solve(A, rhs)
+        y = solve_small(A, rhs)
     except np.linalg.LinAlgError:
         y = np.linalg.lstsq(A, rhs, rcond=None)[0]
-    return s * (y if G <= K else r + W @ y)
+    return s * (y if G <= K else r + dot(W, y))
+
+
+def certify(system: System, b, h: float):
+    """acc at step h/2 and the quadrature error estimate ‖acc_h − acc_{h/2}‖₁ + the left-tail bound.
+
+    The h/2 grid contains the h grid, so one set of exponentials serves both rules.
+    """
+    w = np.exp(b)
+    lo, hi = grid(w, system.n, system.c0, h)
+    t = np.exp(h / 2 * np.arange(2 * lo, 2 * hi + 1))
+    E = np.exp(-np.minimum(np.outer(w, t), 700.0))
+    fine = integrals(system, w, E, t, h / 2)["acc"]
+    coarse = integrals(system, w, E[:, ::2], t[::2], h)["acc"]
+    error = float(np.abs(fine - coarse).sum()) + left_bound(system, w, t[0], h / 2)
+    return fine, error, t.size
 
 
 # ------------------------------------------------------------------------------------ one system
-def fit_system(q, target, c, n, c0, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None):
+def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None):
     """Minimise F(b) by damped Newton; return the fit and its a-posteriori certificate.
 
     pin : index of a log-weight held fixed (segments: F is invariant to a common shift of a).
+    Each line-search trial is evaluated with its Hessian parts, so an accepted trial is the next
+    iterate's evaluation: one pass of exponentials per Newton step when full steps are taken.
 
-    Returns a dict: b, acc (at step h/2), l1 = ‖acc − target‖₁, quadrature (‖acc_h − acc_{h/2}‖₁,
-    the estimated quadrature error), objective and gradient_norm per iteration, nodes, converged.
+    Returns a dict: b, acc (at step h/2), l1 = ‖acc − target‖₁, quadrature (estimated quadrature
+    error), objective and gradient_norm per iteration, nodes, converged.
     """
+    target, n, c0 = system.target, system.n, system.c0
     b = np.clip(np.asarray(b0, dtype=np.float64), -700.0, 700.0)
     free = np.ones(b.size, dtype=bool)
     if pin is not None:
         free[pin] = False
+    here = evaluate(system, b, *grid(np.exp(b), n, c0, h), h)
     objective, gradient_norm = [], []
     converged = False
     for _ in range(max_iter):
-        t = nodes(np.exp(b), q, n, c0, h)
-        acc, F, (d, U, C) = evaluate(q, target, c, n, c0, b, t, h)
-        g = acc - target
+        g = here["acc"] - target
         gnorm = float(np.abs(g).sum())
-        objective.append(F)
+        objective.append(here["F"])
         gradient_norm.append(gnorm)
         if gnorm <= tol:
             converged = True
             break
         step = np.zeros_like(b)
-        step[free] = newton_direction(g[free], d[free], U[free], C)
+        step[free] = newton_direction(g[free], here["d"][free], here["E"][free], here["qw"][free], here["C"])
         biggest = np.abs(step).max()
         if biggest > MAX_LOG_STEP:
             step *= MAX_LOG_STEP / biggest
@@ -153,21 +300,17 @@ def fit_system(q, target, c, n, c0, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=
         size, moved = 1.0, False
         for _ in range(40):
             trial = np.clip(b + size * step, -700.0, 700.0)
-            acc_new, F_new, _ = evaluate(q, target, c, n, c0, trial, t, h, hessian=False)
+            there = evaluate(system, trial, *grid(np.exp(trial), n, c0, h), h)
             # Armijo on F, or a smaller gradient: near the optimum F changes below round-off
-            if F_new <= F + 1e-4 * size * slope or np.abs(acc_new - target).sum() < gnorm:
-                b, moved = trial, True
+            if there["F"] <= here["F"] + 1e-4 * size * slope or np.abs(there["acc"] - target).sum() < gnorm:
+                b, here, moved = trial, there, True
                 break
             size /= 2
         if not moved:
             break
-    t = nodes(np.exp(b), q, n, c0, h)
-    coarse = evaluate(q, target, c, n, c0, b, t, h, hessian=False)[0]
-    fine_t = nodes(np.exp(b), q, n, c0, h / 2)
-    fine = evaluate(q, target, c, n, c0, b, fine_t, h / 2, hessian=False)[0]
-    return dict(b=b, acc=fine, l1=float(np.abs(fine - target).sum()),
-                quadrature=float(np.abs(fine - coarse).sum()), objective=objective,
-                gradient_norm=gradient_norm, nodes=int(fine_t.size), converged=converged)
+    fine, quadrature, count = certify(system, b, h)
+    return dict(b=b, acc=fine, l1=float(np.abs(fine - target).sum()), quadrature=quadrature,
+                objective=objective, gradient_norm=gradient_norm, nodes=count, converged=converged)
 
 
 def inner_start(q, p, Q, n):
@@ -176,6 +319,38 @@ def inner_start(q, p, Q, n):
         r = p / (n * q * Q ** (n - 1))
     r = np.clip(r, 1e-300, 1.0 - 1e-12)
     return np.log(r) - np.log1p(-r)
+
+
+# ------------------------------------------------------------------------------------ structure
+def layout(p: np.ndarray, q: np.ndarray, n: int) -> dict:
+    """H*, α* and the outer segments of §1–2 from the draft support alone: O(k log k + V).
+
+    The k tokens with q > 0 sorted by q/p decreasing (ties by id) are `tokens`; prefix sums Pc, Qc
+    (length k + 1); H* = the first k* of them. Tokens with q = 0 < p lie at the under-drafted end of
+    the outer chain, each a record of zero mass: they only receive residual, so they are left out.
+    A prefix length L ≥ k* is a record when ψ(L) ≤ ψ(L') + TIE for every longer prefix L' ≤ k;
+    the records R_0 = k > R_1 > … > R_last = k* cut the chain: segment l = positions R_{l+1}..R_l − 1,
+    mass M_l = Qc[R_l]ⁿ − Qc[R_{l+1}]ⁿ; its target is p but at position R_{l+1} (its chain end).
+    """
+    support = np.flatnonzero(q > 0)
+    qs, ps = q[support], p[support]
+    with np.errstate(divide="ignore"):
+        ratio = np.where(ps > 0, qs / np.where(ps > 0, ps, 1.0), np.inf)
+    order = np.argsort(-ratio, kind="stable")
+    tokens, qv, pv = support[order], qs[order], ps[order]
+    Pc = np.concatenate([[0.0], np.cumsum(pv)])
+    Qc = np.minimum(np.concatenate([[0.0], np.cumsum(qv)]), 1.0)
+    psi = Pc - Qc**n
+    k_star = int(np.flatnonzero(psi <= psi.min() + TIE)[0])
+    later = np.append(np.minimum.accumulate(psi[::-1])[::-1][1:], np.inf)  # min of ψ over longer prefixes
+    records = np.flatnonzero(psi[k_star:] <= later[k_star:] + TIE)[::-1] + k_star
+    ends, starts = records[1:], records[:-1]  # segment l: positions ends[l] .. starts[l] − 1
+    masses = np.maximum(Qc[starts] ** n - Qc[ends] ** n, 0.0)
+    targets = pv.copy()
+    others = Pc[starts] - Pc[ends + 1]
+    targets[ends] = np.minimum(np.maximum(masses - others, 0.0), pv[ends])
+    return dict(tokens=tokens, qv=qv, pv=pv, Qc=Qc, k_star=k_star, alpha=float(1.0 + psi[k_star]),
+                ends=ends, starts=starts, masses=masses, targets=targets)
 
 
 # ------------------------------------------------------------------------------------ the rule
@@ -216,6 +391,9 @@ def solve(problem: Problem, *, tol: float = 1e-10, step: float = STEP, max_iter:
 
     .. math:: α* = 1 + \\min_H [p(H) − q(H)ⁿ],  acc(v) = n q_v w_v ∫_0^∞ e^{−t(c0+w_v)} φ(t)^{n−1} dt
 
+    Cost: O(k log k + V) for the structure (k = draft support), then the inner fit and the fits of
+    the non-singleton segments, O(|G|·K) per Newton step whatever n is.
+
     Parameters
     ----------
     problem : Problem with law="iid"
@@ -231,10 +409,14 @@ def solve(problem: Problem, *, tol: float = 1e-10, step: float = STEP, max_iter:
 
     Returns
     -------
-    Plan with acceptance α*, h_star, and info: segments, masses, targets, residual (ρ), weights (V,),
-    inner_weights, outer_weights (one array per segment), history (objective and gradient norm per
-    Newton iteration and system), nodes, certified_l1, certified_gap, seconds. status GAVE_UP with
-    a message when the certified errors exceed `tol`.
+    Plan with acceptance α*, h_star, and info: segment_of (V,), masses (per segment of the draft
+    support), targets (V,), residual (ρ), weights (V,), inner_weights, history (objective and
+    gradient norm per Newton iteration and system), nodes, certified_l1, certified_gap, seconds.
+    status GAVE_UP with a message when the certified errors exceed `tol`.
+
+    The certificate: ‖output law − p‖₁ ≤ Σ_systems ‖acc − target‖₁ + |rejected − (1 − α*)| + 2·quadrature
+    (the accepted and the rejected mass each err by at most the quadrature error), and
+    |acceptance − α*| ≤ |accepted inner − p(H*)| + quadrature.
 
     Raises
     ------
@@ -258,81 +440,76 @@ def solve(problem: Problem, *, tol: float = 1e-10, step: float = STEP, max_iter:
     if backend == "torch":
         return _solve_torch(problem, tol=tol, step=step, max_iter=max_iter, device=device)
     start = time.perf_counter()
-    p, q, n, V = problem.p, problem.q, problem.n, problem.V
-    H = h_star(problem)
-    segments, masses, targets = outer_segments(problem)
-    alpha = alpha_star(problem)
-    QH = float(q[H].sum())
-    weights = np.zeros(V)
-    segment_of = np.full(V, -1, dtype=np.int64)
-    deviation = np.zeros(V)  # output law − p, as certified
-    quadrature = 0.0
-    history, node_counts = {}, {}
+    p, n, V = problem.p, problem.n, problem.V
+    s = layout(p, problem.q, n)
+    tokens, qv, pv, k_star, targets = s["tokens"], s["qv"], s["pv"], s["k_star"], s["targets"]
+    QH = float(s["Qc"][k_star])
     fit_tol = tol / 8
+    history, node_counts = {}, {}
+    error = 0.0  # Σ_systems ‖acc − target‖₁ + 2 · quadrature
+    quadrature = 0.0
 
-    inner = H[p[H] > 0]
+    live = np.flatnonzero(pv[:k_star] > 0)
+    weights_sorted = np.zeros(qv.size)  # w by sorted position; 0 on H* tokens with p = 0
     accepted_inner = 0.0
-    inner_weights = np.zeros(0)
-    if inner.size:
-        c = float(q[H[p[H] == 0]].sum())
-        fit = fit_system(q[inner], p[inner], c, n, 1, inner_start(q[inner], p[inner], QH, n),
-                         h=step, tol=fit_tol, max_iter=max_iter)
-        inner_weights = np.exp(fit["b"])
-        weights[inner] = inner_weights
-        deviation[inner] = fit["acc"] - p[inner]
+    if live.size:
+        c = float(qv[:k_star].sum() - qv[live].sum())
+        system = System(qv[live], pv[live], max(c, 0.0), n, 1)
+        b0 = rescale(system, inner_start(qv[live], pv[live], QH, n), 2 * step)
+        fit = fit_system(system, b0, h=step, tol=fit_tol, max_iter=max_iter)
+        weights_sorted[live] = np.exp(fit["b"])
         accepted_inner = float(fit["acc"].sum())
+        error += fit["l1"] + 2 * fit["quadrature"]
         quadrature += fit["quadrature"]
         history["inner"] = dict(objective=fit["objective"], gradient_norm=fit["gradient_norm"])
         node_counts["inner"] = fit["nodes"]
 
-    # q(H_{r_{l+1}}): H* plus every later segment, the zero-weight mass segment l sees
-    after = QH + np.concatenate([np.cumsum([q[s].sum() for s in segments[::-1]])[::-1][1:], [0.0]])
-    sizes = np.array([s.size for s in segments], dtype=np.int64)
-    if segments:
-        chain = np.concatenate(segments)
-        segment_of[chain] = np.repeat(np.arange(len(segments)), sizes)
-        single = chain[np.repeat(sizes == 1, sizes)]
-        weights[single] = 1.0
-        deviation[single] = masses[sizes == 1] - targets[single]
-    outer_weights = [np.ones(1) if s.size == 1 else None for s in segments]
-    for l in np.flatnonzero(sizes > 1):
-        seg = segments[l]
-        tq, tt = q[seg], targets[seg]
+    ends, starts, masses = s["ends"], s["starts"], s["masses"]
+    sizes = starts - ends
+    single = ends[sizes == 1]
+    weights_sorted[single] = 1.0
+    error += float(np.abs(masses[sizes == 1] - targets[single]).sum())
+    for l in np.flatnonzero(sizes > 1):  # rare: non-singleton segments
+        span = np.arange(ends[l], starts[l])
+        tq, tt = qv[span], targets[span]
         pin = int(np.argmax(tt))
         with np.errstate(divide="ignore"):
-            b0 = np.log(np.maximum(tt, 1e-300) / np.maximum(tq, 1e-300))
-        fit = fit_system(tq, tt, float(after[l]), n, 0, b0 - b0[pin], h=step, tol=fit_tol,
+            b0 = np.log(np.maximum(tt, 1e-300) / tq)
+        fit = fit_system(System(tq, tt, float(s["Qc"][ends[l]]), n, 0), b0 - b0[pin], h=step, tol=fit_tol,
                          max_iter=max_iter, pin=pin)
-        w = np.exp(fit["b"] - fit["b"].max())  # the rule only needs ratios within a segment
-        weights[seg] = w
-        outer_weights[l] = w
-        deviation[seg] = fit["acc"] - tt
+        weights_sorted[span] = np.exp(fit["b"] - fit["b"].max())  # the rule only needs ratios
+        error += fit["l1"] + 2 * fit["quadrature"]
         quadrature += fit["quadrature"]
         history[f"segment {l}"] = dict(objective=fit["objective"], gradient_norm=fit["gradient_norm"])
         node_counts[f"segment {l}"] = fit["nodes"]
 
-    outer = segment_of >= 0
-    residual = np.where(outer, p - targets, 0.0)
+    weights = np.zeros(V)
+    weights[tokens] = weights_sorted
+    segment_of = np.full(V, -1, dtype=np.int64)
+    segment_of[tokens[k_star:]] = np.repeat(np.arange(sizes.size), sizes)[::-1]
+    target_law = p.copy()  # t(v) on outer drafted tokens, p elsewhere
+    target_law[tokens] = targets
+    residual = np.where(problem.q > 0, 0.0, p)  # never-drafted tokens only receive residual
+    residual[tokens[k_star:]] = pv[k_star:] - targets[k_star:]
     residual = np.maximum(residual, 0.0)
     wanted = float(residual.sum())  # 1 − α*: the rejected mass of an exact fit
     rejected = QH**n - accepted_inner  # the rule's rejected mass with the fitted weights
     # α* = 1 leaves nothing to reject into; any law will do for the (certified tiny) rejected mass
     rho = residual / wanted if wanted > 0 else p.copy()
-    deviation += (rejected - wanted) * rho
-    certified_l1 = float(np.abs(deviation).sum()) + quadrature
-    rule_acceptance = accepted_inner + float(masses.sum())
-    certified_gap = abs(rule_acceptance - alpha) + quadrature
-    info = dict(h_star=H, segments=segments, masses=masses, targets=targets, residual=rho,
-                weights=weights, inner_weights=inner_weights, outer_weights=outer_weights,
-                history=history, nodes=node_counts, certified_l1=certified_l1,
-                certified_gap=certified_gap, quadrature_error=quadrature, step=step,
-                seconds=time.perf_counter() - start)
+    certified_l1 = error + abs(rejected - wanted)
+    certified_gap = abs(accepted_inner - float(pv[:k_star].sum())) + quadrature
+    alpha = s["alpha"]
+    info = dict(h_star=tokens[:k_star].copy(), segment_of=segment_of, masses=masses, targets=target_law,
+                residual=rho, weights=weights, inner_weights=weights_sorted[live], history=history,
+                nodes=node_counts, certified_l1=certified_l1, certified_gap=certified_gap,
+                quadrature_error=quadrature, step=step, seconds=time.perf_counter() - start)
     if not (certified_l1 <= tol and certified_gap <= tol):
         return failed(problem, "exact", GAVE_UP,
                       f"the fit reached a certified L1 deviation of {certified_l1:.3g} and an acceptance "
                       f"gap of {certified_gap:.3g}, above tol = {tol:g}. Raise max_iter or tol, lower "
                       f"step, or use method='lp' on small problems.", **info)
-    return Plan(problem, "exact", alpha, make_rule(weights, segment_of, rho), h_star=H, info=info)
+    return Plan(problem, "exact", alpha, make_rule(weights, segment_of, rho), h_star=tokens[:k_star].copy(),
+                info=info)
 
 
 # ------------------------------------------------------------------------ torch: batched fast path
@@ -509,7 +686,6 @@ def _structure(P, Q, n):
     and the one at position L ends the previous one.
     """
     torch = _torch()
-    from .subset import TIE
 
     B, V = P.shape
     support = Q > 0
