@@ -95,12 +95,13 @@ class System:
     c: float
     n: int
     c0: int
+    Q: float = field(init=False)  # c + Σ q: the draft mass the system sees
 
-    @property
-    def Q(self) -> float:
-        return self.c + float(self.q.sum())
+    def __post_init__(self):
+        object.__setattr__(self, "Q", self.c + float(self.q.sum()))
 
 
+@functools.lru_cache(maxsize=16)
 def tail_sums(h: float) -> tuple[float, float, float]:
     """ρ_j = Σ_{i≥1} e^{−ijh}, j = 1, 2, 3: the trapezoid nodes t_i = t_lo e^{−ih} left of the grid
     weigh Σ_i t_i^j = t_lo^j ρ_j in a Taylor expansion of the integrand in t."""
@@ -535,43 +536,67 @@ def _no_grad(function):
     return wrapper
 
 
-def _rows_nodes(w, q, live, n, c0, h):
-    """Per-row nodes (R, K) on h·ℤ with a common count K; rows needing fewer get extra far nodes."""
+def _rows_nodes(w, real, n, c0, h, reach=None):
+    """Per-row nodes (R, K) on h·ℤ as `grid` gives them, with a common count K: rows needing fewer
+    get extra far nodes. reach: log of a t every row's grid must reach (`_rows_rescale`)."""
     torch = _torch()
-    scale = n * (q * w).sum(1)
-    t_lo = TAIL / scale.clamp_min(torch.finfo(w.dtype).tiny)
-    w_min = torch.where(live, w, torch.full_like(w, math.inf)).min(1).values
-    t_hi = math.log(n / TAIL) / (c0 + w_min).clamp_min(1e-300)
-    s_lo = torch.floor(torch.log(t_lo) / h)
-    s_hi = torch.maximum(torch.ceil(torch.log(t_hi) / h), s_lo + 1)
-    K = int((s_hi - s_lo).max().item()) + 1
-    return torch.exp(h * (s_lo[:, None] + torch.arange(K, device=w.device, dtype=w.dtype)[None, :]))
+    kappa = c0 + n * torch.where(real, w, torch.zeros_like(w)).amax(1)
+    w_min = torch.where(real, w, torch.full_like(w, math.inf)).amin(1)
+    lo = torch.floor(torch.log(LEFT / kappa) / h)
+    hi = torch.maximum(torch.ceil(torch.log(math.log(n / TAIL) / (c0 + w_min).clamp_min(1e-300)) / h), lo + 1)
+    if reach is not None:
+        hi = hi.clamp_min(math.ceil(reach / h))
+    K = int((hi - lo).max().item()) + 1
+    return torch.exp(h * (lo[:, None] + torch.arange(K, device=w.device, dtype=w.dtype)[None, :]))
+
+
+def _rows_integrals(q, c, n, c0, w, E, t, h):
+    """Batched `integrals`: q, w (R, G); c, c0 (R,); E (R, G, K); t (R, K)."""
+    torch = _torch()
+    Q = (c + q.sum(1))[:, None]
+    c0 = c0[:, None]
+    phi = c[:, None] + torch.einsum("rg,rgk->rk", q, E)
+    dt = h * t * torch.exp(-c0 * t)
+    kernel = dt * phi ** (n - 1)
+    qw = q * w
+    m = qw.sum(1, keepdim=True)
+    r1, r2, _ = tail_sums(h)
+    g0 = n * qw * Q ** (n - 1)
+    t0 = t[:, :1]
+    left = h * t0 * g0 * (r1 - t0 * r2 * (c0 + w + (n - 1) * m / Q))
+    acc = n * qw * torch.einsum("rgk,rk->rg", E, kernel) + left
+    return dict(acc=acc, phi=phi, kernel=kernel, dt=dt, qw=qw, m=m, g0=g0, Q=Q)
+
+
+def _rows_exp(w, t):
+    """e^{−t w} (R, G, K), clamped at e^−700 (no slow denormals)."""
+    return (-(w[:, :, None] * t[:, None, :]).clamp(max=700.0)).exp()
 
 
 def _rows_evaluate(q, target, c, n, c0, b, t, h, hessian=True):
     """Batched `evaluate`: q, target, b (R, G); c, c0 (R,); t (R, K)."""
     torch = _torch()
     w = b.exp()
-    Q = c + q.sum(1)
-    wt = (w[:, :, None] * t[:, None, :]).clamp(max=700.0)  # (R, G, K); no slow denormals
-    E = torch.exp(-wt)
-    D = torch.einsum("rg,rgk->rk", q, E - 1.0)
-    phi = Q[:, None] + D
-    dt = h * t * torch.exp(-c0[:, None] * t)
-    kernel = dt * phi ** (n - 1)
-    qw = q * w
-    acc = n * qw * torch.einsum("rgk,rk->rg", E, kernel)
-    Qn = Q[:, None] ** n
-    grow = Qn * torch.expm1(n * torch.log1p((D / Q[:, None]).clamp_min(-1.0)))
-    integrand = torch.where(c0[:, None] == 1, -torch.exp(-t) * grow,
-                            (Qn - c[:, None] ** n) * torch.expm1(-t) - grow)
-    F = h * integrand.sum(1) - (target * b).sum(1)
+    E = _rows_exp(w, t)
+    out = _rows_integrals(q, c, n, c0, w, E, t, h)
+    phi, kernel, qw, Q = out["phi"], out["kernel"], out["qw"], out["Q"]
+    Qn, cn = Q**n, c[:, None] ** n
+    grow = Qn * torch.expm1(n * torch.log1p((phi / Q - 1.0).clamp_min(-1.0)))
+    integrand = torch.where(c0[:, None] == 1, -torch.exp(-t) * grow, (Qn - cn) * torch.expm1(-t) - grow)
+    first = n * Q ** (n - 1) * out["m"] - (1 - c0[:, None]) * (Qn - cn)
+    # right of each row's last node φ = c to within TAIL: F's integrand is (Qⁿ − cⁿ) e^{−t} (`right_sum`)
+    J = max(math.ceil((math.log(50.0) - math.log(float(t[:, -1].min()))) / h), 1)
+    beyond = t[:, -1:] * torch.exp(h * torch.arange(1, J + 1, device=t.device, dtype=t.dtype))
+    right = torch.where(beyond <= 50.0, torch.exp(-beyond), torch.zeros_like(beyond)).sum(1, keepdim=True)
+    F = (h * (integrand.sum(1, keepdim=True) + t[:, :1] * tail_sums(h)[0] * first + (Qn - cn) * right))[:, 0] \
+        - (target * b).sum(1)
     if not hessian:
-        return acc, F, None
-    d = n * qw * torch.einsum("rgk,rk->rg", E * (1.0 - wt), kernel)
+        return out["acc"], F, None
+    d = n * qw * (torch.einsum("rgk,rk->rg", E, kernel) - w * torch.einsum("rgk,rk->rg", E, t * kernel)) \
+        + h * t[:, :1] * tail_sums(h)[0] * out["g0"]
     U = qw[:, :, None] * E
-    C = n * (n - 1) * dt * t * phi ** (n - 2) if n >= 2 else torch.zeros_like(t)
-    return acc, F, (d, U, C)
+    C = n * (n - 1) * out["dt"] * t * phi ** (n - 2) if n >= 2 else torch.zeros_like(t)
+    return out["acc"], F, (d, U, C)
 
 
 def _rows_direction(g, d, U, C, live):
@@ -593,6 +618,32 @@ def _rows_direction(g, d, U, C, live):
     return s * y * live
 
 
+def _rows_rescale(q, target, c, n, b, live, h):
+    """Batched `rescale` for inner rows: b + λ per row, λ by Newton on log R."""
+    torch = _torch()
+    real = q > 0
+    Q = c + q.sum(1)
+    wanted = Q**n - target.sum(1)
+    todo = wanted > c**n
+    lam = torch.zeros_like(Q)
+    one = torch.ones_like(Q)
+    for _ in range(30):
+        w = (b + lam[:, None]).exp()
+        t = _rows_nodes(w, real, n, one, h, reach=math.log(50.0))
+        E = _rows_exp(w, t)
+        phi = c[:, None] + torch.einsum("rg,rgk->rk", q, E)
+        psi = torch.einsum("rg,rgk->rk", q * w, E)
+        a = h * t * torch.exp(-t)
+        R = (a * phi**n).sum(1) + h * t[:, 0] * tail_sums(h)[0] * Q**n
+        slope = -n * (a * t * phi ** (n - 1) * psi).sum(1) / R
+        miss = torch.log(wanted.clamp_min(torch.finfo(R.dtype).tiny) / R)
+        todo = todo & (miss.abs() >= 0.05) & (slope < 0)
+        if not bool(todo.any()):
+            break
+        lam = torch.where(todo, lam + (miss / slope).clamp(-20.0, 20.0), lam)
+    return torch.where(live, b + lam[:, None], b)
+
+
 def fit_rows(q, target, c, c0, b0, live, n, *, h=STEP, tol=1e-12, max_iter=60):
     """Damped Newton on every row at once (torch); returns b, acc at h/2, l1 and quadrature per row.
 
@@ -603,7 +654,7 @@ def fit_rows(q, target, c, c0, b0, live, n, *, h=STEP, tol=1e-12, max_iter=60):
     real = q > 0
     history = []
     for _ in range(max_iter):
-        t = _rows_nodes(b.exp(), q, real, n, c0, h)
+        t = _rows_nodes(b.exp(), real, n, c0, h)
         acc, F, (d, U, C) = _rows_evaluate(q, target, c, n, c0, b, t, h)
         gnorm = (acc - target).abs().sum(1)
         history.append(gnorm)
@@ -626,12 +677,19 @@ def fit_rows(q, target, c, c0, b0, live, n, *, h=STEP, tol=1e-12, max_iter=60):
             if not bool(pending.any()):
                 break
             size = torch.where(pending, size / 2, size)
-    t = _rows_nodes(b.exp(), q, real, n, c0, h)
-    coarse = _rows_evaluate(q, target, c, n, c0, b, t, h, hessian=False)[0]
-    t = _rows_nodes(b.exp(), q, real, n, c0, h / 2)
-    fine = _rows_evaluate(q, target, c, n, c0, b, t, h / 2, hessian=False)[0]
-    return dict(b=b, acc=fine, l1=(fine - target).abs().sum(1), quadrature=(fine - coarse).abs().sum(1),
-                gradient_norm=torch.stack(history, 1), nodes=t.shape[1])
+    # certificate: the h/2 grid contains the h grid, so one set of exponentials serves both rules
+    w = b.exp()
+    t = _rows_nodes(w, real, n, c0, h)
+    fine_t = torch.stack([t, t * math.exp(h / 2)], 2).flatten(1)
+    E = _rows_exp(w, fine_t)
+    fine = _rows_integrals(q, c, n, c0, w, E, fine_t, h / 2)
+    coarse = _rows_integrals(q, c, n, c0, w, E[:, :, ::2], t, h)["acc"]
+    kappa = c0 + n * torch.where(real, w, torch.zeros_like(w)).amax(1)
+    left = h / 2 * n * fine["Q"][:, 0] ** (n - 1) * fine["m"][:, 0] * kappa**2 * fine_t[:, 0] ** 3 \
+        * tail_sums(h / 2)[2] / 2
+    return dict(b=b, acc=fine["acc"], l1=(fine["acc"] - target).abs().sum(1),
+                quadrature=(fine["acc"] - coarse).abs().sum(1) + left,
+                gradient_norm=torch.stack(history, 1), nodes=fine_t.shape[1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -801,6 +859,7 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         QH = s["Qc"][rows].gather(1, k_star[rows, None])
         r = (p_in / (n * q_in.clamp_min(1e-300) * QH ** (n - 1))).clamp(1e-300, 1 - 1e-12)
         b0 = torch.where(live, r.log() - torch.log1p(-r), torch.zeros_like(r))
+        b0 = _rows_rescale(q_in, p_in, c, n, b0, live, 2 * step)
         fit = fit_rows(q_in, p_in, c, torch.ones_like(c), b0, live, n, h=step, tol=tol / 8,
                        max_iter=max_iter)
         w = torch.where(live, fit["b"].exp(), torch.zeros_like(q_in))
