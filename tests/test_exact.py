@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from scipy import stats
 
 import globalres as gr
+from globalres import exact
 from globalres.exact import sample_batch, solve_batch
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -221,3 +222,61 @@ def test_cuda_matches_cpu():
     gpu = solve_batch(P.cuda(), Q.cuda(), 4)
     assert gpu.weights.device.type == "cuda" and bool(gpu.success.all())
     np.testing.assert_allclose(gpu.weights.cpu().numpy(), cpu.weights.numpy(), rtol=1e-8)
+
+
+@pytest.mark.parametrize("problem", list(random_problems(40, max_vocab=30, seed=5)), ids=repr)
+def test_layout_matches_the_subset_scan(problem):
+    # the O(k log k + V) structure of the support equals subset.py's full scan (q = 0 tokens only get residual)
+    s = exact.layout(problem.p, problem.q, problem.n)
+    np.testing.assert_array_equal(s["tokens"][:s["k_star"]], gr.h_star(problem))
+    assert s["alpha"] == pytest.approx(gr.alpha_star(problem), abs=1e-15)
+    segments, masses, targets = gr.subset.outer_segments(problem)
+    drafted = [(seg, m) for seg, m in zip(segments, masses) if problem.q[seg].any()]
+    assert len(drafted) == s["masses"].size
+    for (seg, mass), end, start, got in zip(drafted, s["ends"], s["starts"], s["masses"]):
+        np.testing.assert_array_equal(seg, s["tokens"][end:start][::-1])
+        assert got == pytest.approx(mass, abs=1e-14)
+    np.testing.assert_allclose(s["targets"], targets[s["tokens"]], atol=1e-14)
+
+
+def test_left_tail_correction():
+    # the analytic sum over the nodes left of t_lo matches a grid that starts 1e-12 times further left,
+    # within the bound the certificate adds
+    rng = np.random.default_rng(0)
+    q = rng.dirichlet(np.ones(40)) * 0.9
+    system = exact.System(q, q * rng.uniform(0.1, 0.9, 40), 0.05, 6, 1)
+    w, h = np.exp(rng.normal(0, 3, 40)), 0.25
+    lo, hi = exact.grid(w, 6, 1, h)
+    for start in (lo, lo - int(12 * math.log(10) / h)):
+        t = np.exp(h * np.arange(start, hi + 1))
+        acc = exact.integrals(system, w, np.exp(-np.outer(w, t)), t, h)["acc"]
+        if start == lo:
+            short, bound = acc, exact.left_bound(system, w, t[0], h)
+    assert 0 < np.abs(short - acc).sum() <= bound + 1e-16
+
+
+def test_blocked_linear_algebra():
+    # products and solves split into blocks that BLAS runs on one thread give the same numbers
+    rng = np.random.default_rng(1)
+    a, v, u, m = rng.random((3000, 70)), rng.random(70), rng.random(3000), rng.random((70, 3))
+    np.testing.assert_allclose(exact.dot(a, v), a @ v, rtol=1e-12)
+    np.testing.assert_allclose(exact.dot(a, m), a @ m, rtol=1e-12)
+    np.testing.assert_allclose(exact.tdot(u, a), u @ a, rtol=1e-12)
+    np.testing.assert_allclose(exact.tdot(a, a), a.T @ a, rtol=1e-12)
+    W = rng.random((250, 250)) / 250
+    A, r = np.eye(250) + W @ W.T, rng.random(250)
+    np.testing.assert_allclose(exact.solve_small(A, r), np.linalg.solve(A, r), rtol=1e-10)
+
+
+@pytest.mark.parametrize("n", [2, 16])
+def test_scale_start_needs_few_newton_steps(n):
+    # near-tight inner systems (α* → 1 as n grows) have large weights; the 1-D scale solve puts the
+    # start at the right scale, so Newton converges quadratically from there (was 10-20 steps)
+    rng = np.random.default_rng(n)
+    logit = -3.3 * np.log1p(rng.permutation(3000))
+    p = np.exp(logit) / np.exp(logit).sum()
+    draft = np.exp(0.9 * logit + rng.standard_normal(3000))
+    q = gr.problem.truncate_top_k(draft / draft.sum(), 300)
+    plan = gr.solve(gr.Problem(p, q, n), method="exact")
+    assert plan.success and plan.info["certified_l1"] <= 1e-10
+    assert len(plan.info["history"]["inner"]["gradient_norm"]) <= 8
