@@ -671,18 +671,20 @@ def _rows_rescale(q, target, c, n, b, live, h):
     return torch.where(live, b + lam[:, None], b)
 
 
-def fit_rows(q, target, c, c0, b0, live, n, *, h=STEP, tol=1e-12, max_iter=60):
-    """Damped Newton on every row at once (torch); returns b, acc at h/2, l1 and quadrature per row.
+def _rows_newton(q, target, c, c0, b, live, n, *, h, tol, max_iter):
+    """Batched `newton` at step h: every row at once; returns b and the gradient norms (R, iterations).
 
-    live : bool (R, G), the free log-weights (False on padding and on each segment's pinned token).
+    A full step taken by every row makes the trial's evaluation (with its Hessian parts) the next
+    iterate's, as in `newton`.
     """
     torch = _torch()
-    b = b0.clone()
     real = q > 0
     history = []
+    here = None
     for _ in range(max_iter):
-        t = _rows_nodes(b.exp(), real, n, c0, h)
-        acc, F, (d, U, C) = _rows_evaluate(q, target, c, n, c0, b, t, h)
+        if here is None:
+            here = _rows_evaluate(q, target, c, n, c0, b, _rows_nodes(b.exp(), real, n, c0, h), h)
+        acc, F, (d, U, C) = here
         gnorm = (acc - target).abs().sum(1)
         history.append(gnorm)
         todo = gnorm > tol
@@ -694,16 +696,32 @@ def fit_rows(q, target, c, c0, b0, live, n, *, h=STEP, tol=1e-12, max_iter=60):
         slope = ((acc - target) * step).sum(1)
         size = torch.ones_like(F)
         pending = todo.clone()
-        for _ in range(30):
+        here = None
+        for attempt in range(30):
             trial = (b + size[:, None] * step).clamp(-700.0, 700.0)
-            acc_new, F_new, _ = _rows_evaluate(q, target, c, n, c0, trial, t, h, hessian=False)
-            ok = (F_new <= F + 1e-4 * size * slope) | ((acc_new - target).abs().sum(1) < gnorm)
-            take = pending & ok
-            b = torch.where(take[:, None], trial, b)
+            there = _rows_evaluate(q, target, c, n, c0, trial, _rows_nodes(trial.exp(), real, n, c0, h), h,
+                                   hessian=attempt == 0)
+            ok = (there[1] <= F + 1e-4 * size * slope) | ((there[0] - target).abs().sum(1) < gnorm)
+            b = torch.where((pending & ok)[:, None], trial, b)
+            if attempt == 0 and bool(ok[pending].all()):
+                here = there  # rows not pending took a zero step: the trial is every row's iterate
             pending = pending & ~ok
             if not bool(pending.any()):
                 break
             size = torch.where(pending, size / 2, size)
+    return b, torch.stack(history, 1)
+
+
+def fit_rows(q, target, c, c0, b0, live, n, *, h=STEP, tol=1e-12, max_iter=60):
+    """Batched `fit_system` (torch): Newton at step 2h to ROUGH, then at h to tol, certificate at h/2;
+    returns b, acc at h/2, l1 and quadrature per row.
+
+    live : bool (R, G), the free log-weights (False on padding and on each segment's pinned token).
+    """
+    torch = _torch()
+    real = q > 0
+    b, rough = _rows_newton(q, target, c, c0, b0.clone(), live, n, h=2 * h, tol=max(tol, ROUGH), max_iter=max_iter)
+    b, history = _rows_newton(q, target, c, c0, b, live, n, h=h, tol=tol, max_iter=max_iter)
     # certificate: the h/2 grid contains the h grid, so one set of exponentials serves both rules
     w = b.exp()
     t = _rows_nodes(w, real, n, c0, h)
@@ -716,7 +734,7 @@ def fit_rows(q, target, c, c0, b0, live, n, *, h=STEP, tol=1e-12, max_iter=60):
         * tail_sums(h / 2)[2] / 2
     return dict(b=b, acc=fine["acc"], l1=(fine["acc"] - target).abs().sum(1),
                 quadrature=(fine["acc"] - coarse).abs().sum(1) + left,
-                gradient_norm=torch.stack(history, 1), nodes=fine_t.shape[1])
+                gradient_norm=torch.cat([rough, history], 1), nodes=fine_t.shape[1])
 
 
 @dataclass(frozen=True, eq=False)
