@@ -270,6 +270,11 @@ def decode(pair: SmolPair, prompt: str, *, n: int = 4, method: str = "exact", la
                          f"got draft_len={draft_len}.")
     rng = np.random.default_rng(seed)
     options = solve_options or {}
+    # import the verifier's module now (scipy, networkx: ~0.3 s) so the solver time counts solving only
+    from . import SOLVERS
+
+    if method in SOLVERS:
+        importlib.import_module(f".{SOLVERS[method].split(':')[0]}", __package__)
     ids = pair.encode(prompt, chat=chat)
     eos = pair.tokenizer.eos_token_id
     tokens = calls = 0
@@ -333,3 +338,75 @@ def _draw_tail(p: np.ndarray, keep: np.ndarray, rng: np.random.Generator) -> int
     rest = p.copy()
     rest[keep] = 0.0
     return int(rng.choice(p.size, p=rest / rest.sum()))
+
+
+# --------------------------------------------------------------------------- command line
+COLOURS = {"accepted": "\033[32m", "resampled": "\033[31m", "bonus": "\033[36m"}  # green, red, cyan
+RESET = "\033[0m"
+MARKS = {"accepted": "+", "resampled": "-", "bonus": "*"}
+
+
+def summary(tokens: list[Token]) -> dict:
+    """Totals of a finished decode: tokens, target calls, tokens per call, the share of verified positions
+    accepted, and the verifier's time per token (building the folded problem, solving, sampling)."""
+    if not tokens:
+        return {"tokens": 0, "target_calls": 0, "tokens_per_call": 0.0, "accepted_share": 0.0,
+                "solver_ms_per_token": 0.0}
+    last = tokens[-1]
+    verified = [t for t in tokens if t.kind != "bonus"]
+    return {"tokens": last.tokens, "target_calls": last.target_calls, "tokens_per_call": last.tokens_per_call,
+            "accepted_share": sum(t.kind == "accepted" for t in verified) / max(1, len(verified)),
+            "bonus": sum(t.kind == "bonus" for t in tokens), "solver_ms_per_token": last.solver_ms_per_token}
+
+
+def main(argv=None) -> dict:
+    """Stream a decode to the terminal, accepted tokens green, resampled red, bonus cyan; print the totals.
+
+        .venv/bin/python -m globalres.live "Write a haiku about rain." --n 4 --method exact --draft-len 2
+    """
+    import argparse
+    import sys
+
+    from . import SOLVERS
+    from .problem import LAWS
+
+    ap = argparse.ArgumentParser(prog="python -m globalres.live", description=main.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("prompt")
+    ap.add_argument("--n", type=int, default=4, help="drafts per position (default 4)")
+    ap.add_argument("--method", default="exact", choices=list(SOLVERS), help="verifier (default exact)")
+    ap.add_argument("--law", default="iid", choices=list(LAWS), help="draft law (not iid: needs --draft-len 1)")
+    ap.add_argument("--draft-len", type=int, default=2, help="draft tokens per branch per round (default 2)")
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--top-k", type=int, default=50, help="draft top-k (0: whole vocabulary)")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exit", type=int, default=DEFAULT_EXIT, help="draft exit layer (trained: 15, 20, 25)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--no-colour", action="store_true", help="mark tokens [+accepted] [-resampled] [*bonus]")
+    args = ap.parse_args(argv)
+    out = sys.stdout
+    pair = load(args.exit, device=args.device)
+    tokens = []
+    for t in decode(pair, args.prompt, n=args.n, method=args.method, law=args.law, draft_len=args.draft_len,
+                    max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    top_k=args.top_k or None, seed=args.seed):
+        tokens.append(t)
+        if args.no_colour:
+            out.write(f"[{MARKS[t.kind]}{t.text}]")
+        else:
+            out.write(f"{COLOURS[t.kind]}{t.text}{RESET}")
+        out.flush()
+    s = summary(tokens)
+    out.write(f"\n\n{s['tokens']} tokens in {s['target_calls']} target calls: {s['tokens_per_call']:.2f} tokens per "
+              f"target call; {s['accepted_share']:.0%} of verified positions accepted; verifier {args.method} "
+              f"(n = {args.n}, {args.law} drafts, draft top-k {args.top_k or 'V'}): "
+              f"{s['solver_ms_per_token']:.2f} ms per token\n")
+    if not args.no_colour:
+        out.write(f"({COLOURS['accepted']}accepted{RESET}, {COLOURS['resampled']}resampled{RESET}, "
+                  f"{COLOURS['bonus']}bonus{RESET})\n")
+    return s
+
+
+if __name__ == "__main__":
+    main()

@@ -96,3 +96,20 @@ def test_bad_decode_arguments(pair):
         next(live.decode(pair, "hi", n=0))
     with pytest.raises(gr.InputError, match="exit_layer"):
         live.load(exit_layer=30)
+
+
+def test_summary_of_a_decode(decoded):
+    s = live.summary(decoded)
+    assert s["tokens"] == len(decoded) and s["target_calls"] == decoded[-1].target_calls
+    assert s["tokens_per_call"] == pytest.approx(len(decoded) / decoded[-1].target_calls)
+    assert 0.0 <= s["accepted_share"] <= 1.0 and s["solver_ms_per_token"] > 0
+    assert live.summary([])["tokens"] == 0
+
+
+def test_command_line_streams_marked_tokens_and_totals(capsys):
+    s = live.main(["Name a colour.", "--n", "2", "--draft-len", "1", "--max-new-tokens", "4", "--top-k", "6",
+                   "--device", "cpu", "--no-colour"])
+    out = capsys.readouterr().out
+    assert 1 <= s["tokens"] <= 4
+    assert sum(out.count(f"[{m}") for m in "+-*") == s["tokens"]
+    assert f"{s['tokens']} tokens in {s['target_calls']} target calls" in out and "ms per token" in out
