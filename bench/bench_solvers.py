@@ -52,6 +52,9 @@ def fold(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.append(p[keep], p[~keep].sum()), np.append(q[keep], 0.0)
 
 
+ONLY = None  # --only: a substring of the method names to run
+
+
 def methods():
     out = {
         "LP (HiGHS)": lambda pb, d: gr.solve(_folded(pb), method="lp", backend="highs"),
@@ -63,8 +66,9 @@ def methods():
         import globalres.convex  # noqa: F401
 
         for tau in (1e-3, 1e-4):
+            # fallback=None: the success column is GR's own (the paper's Table 1), not its fallback's
             out[f"GR τ={tau:g}"] = lambda pb, d, tau=tau: gr.solve(_folded(pb), method="global_resolution",
-                                                                  tau=tau)
+                                                                  tau=tau, fallback=None)
     except ImportError:
         pass
     out["exact (numpy)"] = numpy_step
@@ -103,6 +107,8 @@ def run_point(k, n, V, count, skip_after):
     alphas = [gr.alpha_star(pb) for pb in problems]
     drafts = [pb.sample_drafts(rng) for pb in problems]
     for name, solver in methods().items():
+        if ONLY and ONLY not in name:
+            continue
         if name in skip_after:
             rows[name] = dict(note=f"skipped: {skip_after[name]}")
             continue
@@ -205,8 +211,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="2 pairs per grid point")
     parser.add_argument("--pairs", type=int, default=None, help="pairs per grid point (default 10, 2 with --quick)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--only", default=None, help="run only the methods whose name contains this (e.g. GR)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_solvers.json")
     args = parser.parse_args()
+    global ONLY
+    ONLY = args.only
     torch.set_num_threads(args.threads)
     count = args.pairs or (2 if args.quick else 10)
     results, skip_after = {}, {}
