@@ -510,9 +510,24 @@ def real_pairs():
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def real_problem_key(i: int, n: int, top_k: int) -> tuple:
+def real_problem_key(i: int, n: int, top_k: int, law: str = "iid") -> tuple:
     """Position i of the bundle as a Problem key: draft cut to its top-k, other tokens folded into one."""
-    return real_pairs().problem(i, n, top_k=top_k, fold=True).key()
+    return real_pairs().problem(i, n, top_k=top_k, fold=True, law=law).key()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def real_alpha_topk(i: int, ks: tuple, ns: tuple) -> dict:
+    """{n: [α* at each draft top-k]} at position i of the bundle (top-k = V: the whole vocabulary)."""
+    pairs = real_pairs()
+    return {n: [gr.alpha_star(pairs.problem(i, n, top_k=k, fold=True)) for k in ks] for n in ns}
+
+
+@st.cache_resource(show_spinner=False)
+def live_pair():
+    """SmolLM2 and its early-exit draft, loaded once per server (about 15 s the first time, 3 s after)."""
+    from globalres import live
+
+    return live.load()
 
 
 def plan_csv(plan: gr.Plan) -> str:

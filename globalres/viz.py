@@ -305,3 +305,25 @@ def alpha_curve(ns, alphas, single: float | None = None, title: str = "α* again
     fig.update_xaxes(title="n (drafts)", dtick=1)
     fig.update_yaxes(title="α*", rangemode="tozero")
     return _style(fig, title, 340)
+
+
+def alpha_topk(ks, curves: dict, V: int, title: str = "α* against the draft's top-k") -> go.Figure:
+    """α* for each number of drafts n (one line per n) against the draft's top-k (log axis; k = V last)."""
+    fig = go.Figure()
+    for colour, (n, alphas) in zip((ORANGE, SKY, GREEN, BLUE, VERMILLION, PURPLE), curves.items()):
+        fig.add_scatter(x=list(ks), y=list(alphas), mode="lines+markers", name=f"n = {n}",
+                        line=dict(color=colour, width=3), hovertemplate=f"n = {n}, k = %{{x}}: α* = %{{y:.5f}}<extra></extra>")
+    fig.update_xaxes(title=f"draft top-k (k = {V} is the whole vocabulary)", type="log")
+    fig.update_yaxes(title="α*", rangemode="tozero")
+    return _style(fig, title, 340)
+
+
+def live_html(tokens) -> str:
+    """Decoded tokens as HTML spans: accepted drafts green, resampled tokens vermillion, bonus tokens sky blue."""
+    import html
+
+    colour = {"accepted": GREEN, "resampled": VERMILLION, "bonus": SKY}
+    spans = [f'<span style="background:{colour.get(t.kind, "#ddd")}33;border-bottom:3px solid '
+             f'{colour.get(t.kind, "#999")}" title="{t.kind}">{html.escape(t.text).replace(chr(10), "<br>")}</span>'
+             for t in tokens]
+    return '<div style="font-size:1.15rem;line-height:2">' + "".join(spans) + "</div>"

@@ -54,6 +54,64 @@ with right:
     ui.chart(viz.alpha_curve(ns, alphas, alphas[0], f"α* against n at this position (top-{k})"),
              "real_alpha_curve", "real.curve")
 
+st.subheader("Every verifier at this position")
+LAW = {"rrs_wor": "wor", "greedy": "greedy", "spechub": "hub"}  # verifiers built for another draft law
+names, accs = [], []
+for method in ("exact",) + ui.VERIFIERS:
+    law = LAW.get(method, "iid")
+    try:
+        pb = gr.Problem.from_key(ui.real_problem_key(i, n, k, law))
+    except gr.InputError:  # e.g. fewer drafted tokens than n drafts without replacement
+        continue
+    verdict = ui.solve(pb, method)
+    if verdict.ok:
+        names.append(method if law == "iid" else f"{method} ({law} drafts)")
+        accs.append(verdict.plan.acceptance)
+bars, curve = st.columns([2, 3], gap="large")
+with bars:
+    ui.chart(viz.acceptance_bars(names, accs, a), "real_verifiers", "real.verifiers")
+    st.caption("Verifiers that need one draft (sps) or two (spechub) appear at that n only. Those drafting by "
+               "another law can pass the i.i.d. α*: the law itself changes the optimum.")
+with curve:
+    ks = (1, 10, 100, 1000, pairs.V)
+    ui.chart(viz.alpha_topk(ks, ui.real_alpha_topk(i, ks, (1, 2, 4, 8, 16)), pairs.V,
+                            "α* against the draft's top-k at this position"), "real_alpha_topk", "real.topk")
+    st.caption("Mean over all bundled positions, and every verifier: `bench/acceptance_curves.py`.")
+
+st.subheader("Live decoding: type a prompt")
+from globalres import live  # noqa: E402  (light: the model libraries load only when decoding)
+
+ready, why = live.available()
+if not ready:
+    st.info(f"Live mode is an optional install. {why}")
+else:
+    with st.form("live"):
+        prompt = st.text_input("prompt", "Write a haiku about rain.")
+        f1, f2, f3 = st.columns(3)
+        method = f1.selectbox("verifier", ["exact", "kseq", "rrs", "naive", "nss", "global_resolution"])
+        new_tokens = f2.slider("new tokens", 4, 64, 24)
+        draft_len = f3.slider("draft length (tokens per branch)", 1, 3, 2)
+        start = st.form_submit_button(f"Decode with n = {n} drafts, draft top-{k}", type="primary")
+    if start:
+        with st.spinner("Loading SmolLM2-135M and its draft (about 15 s the first time)…"):
+            pair = ui.live_pair()
+        box, decoded = st.empty(), []
+        try:
+            for token in live.decode(pair, prompt, n=n, method=method, draft_len=draft_len,
+                                     max_new_tokens=new_tokens, top_k=k):
+                decoded.append(token)
+                box.markdown(viz.live_html(decoded), unsafe_allow_html=True)
+        except gr.InputError as err:
+            st.error(str(err))
+        totals = live.summary(decoded)
+        l1, l2, l3 = st.columns(3)
+        l1.metric("tokens per target call", f"{totals['tokens_per_call']:.2f}")
+        l2.metric("verified positions accepted", f"{totals['accepted_share']:.0%}")
+        l3.metric("verifier time per token", f"{totals['solver_ms_per_token']:.1f} ms")
+        st.caption("Green: one of the drafts was accepted; vermillion: resampled from the residual (ends the "
+                   "round); blue: the bonus token after a fully accepted branch. Every token is exactly "
+                   "target-distributed. Stop (top right) cancels a decode.")
+
 
 def _use() -> None:
     ui.replace_state(ui.manual_state_from(real))

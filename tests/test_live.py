@@ -113,3 +113,26 @@ def test_command_line_streams_marked_tokens_and_totals(capsys):
     assert 1 <= s["tokens"] <= 4
     assert sum(out.count(f"[{m}") for m in "+-*") == s["tokens"]
     assert f"{s['tokens']} tokens in {s['target_calls']} target calls" in out and "ms per token" in out
+
+
+def test_real_model_page_decodes_a_typed_prompt():
+    """The Real model page's live form: a prompt in, coloured tokens and the speed-up measures out."""
+    import sys
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    at = AppTest.from_file(str(root / "pages" / "8_Real_model.py"), default_timeout=180)
+    at.query_params.update({"n": "2", "rk": "6"})
+    at.run()
+    assert not at.exception and not at.error
+    at.text_input[0].set_value("Name a colour.")
+    at.slider[-2].set_value(4)  # new tokens
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    html = " ".join(m.value for m in at.markdown)
+    assert "border-bottom:3px solid" in html  # the coloured tokens
+    labels = [m.label for m in at.metric]
+    assert "tokens per target call" in labels and float(at.metric[labels.index("tokens per target call")].value) >= 1

@@ -404,13 +404,14 @@ def test_real_model_page_on_a_bundle(monkeypatch, tmp_path):
     monkeypatch.setattr(realdata, "BUNDLE_PATH", tmp_path / "pairs.npz")
     ui.real_pairs.clear()
     ui.real_problem_key.clear()
+    ui.real_alpha_topk.clear()
     try:
         at = run("pages/8_Real_model.py", {"rk": "4", "n": "3"})
         assert_clean(at)
         expected = realdata.load_bundled(tmp_path / "pairs.npz").problem(0, 3, top_k=4, fold=True)
         assert at.metric[0].value == f"{gr.alpha_star(expected):.6f}"
         assert at.metric[2].value == at.metric[0].value  # the exact solver reaches α*
-        assert len(at.get("plotly_chart")) == 2
+        assert len(at.get("plotly_chart")) == 4  # distributions, α*(n), every verifier, α*(top-k)
         widget(at.selectbox, "rc").set_value("code").run()
         assert_clean(at)
         assert at.session_state["gr.state"]["ri"] == 1
@@ -423,3 +424,4 @@ def test_real_model_page_on_a_bundle(monkeypatch, tmp_path):
     finally:
         ui.real_pairs.clear()
         ui.real_problem_key.clear()
+        ui.real_alpha_topk.clear()
