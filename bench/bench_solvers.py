@@ -12,6 +12,9 @@ What one "token" costs, per method:
   never drafts folded into one extra token (an equivalent, smaller problem: they only receive residual).
 - exact (numpy): `gr.solve(..., method="exact")` (every system fitted) plus `plan.sample` of the
   observed draft tuple, on the full vocabulary: the per-token cost of the numpy path.
+- exact (numpy, observed system only): `exact.sample(pb, drafts, rng)`: the structure, then only the
+  system the observed tuple needs (the inner system, or one outer segment, none for a singleton
+  segment) and a draw; its L1 and gap columns are that system's certificate.
 - exact (torch): `solve_batch` with the observed draft tuple (only the system that tuple needs is
   fitted) plus `sample_batch`, on the full vocabulary; torch runs single-threaded (see README).
 - exact (torch, batch of B): the same for B contexts in one call (the grid point's pairs repeated with
@@ -27,6 +30,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -35,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import globalres as gr  # noqa: E402
+from globalres import exact  # noqa: E402
 from globalres.exact import sample_batch, solve_batch  # noqa: E402
 from pairs import pairs  # noqa: E402
 
@@ -72,6 +77,7 @@ def methods():
     except ImportError:
         pass
     out["exact (numpy)"] = numpy_step
+    out["exact (numpy, observed system only)"] = observed_step
     return out
 
 
@@ -81,6 +87,16 @@ def numpy_step(pb, drafts):
     if plan.success:
         plan.sample(drafts, RNG)
     return plan
+
+
+def observed_step(pb, drafts):
+    """One token with `exact.sample`: only the observed tuple's system is fitted (none for a singleton
+    segment), then a draw from π(·|ω). A certified failure raises SolverError (counted as a failure)."""
+    try:
+        token, info = exact.sample(pb, drafts, RNG)
+    except gr.SolverError:
+        return SimpleNamespace(success=False, info={})
+    return SimpleNamespace(success=True, acceptance=info["alpha"], info=info, problem=pb)
 
 
 def _folded(pb):
@@ -179,7 +195,7 @@ def batch_row(problems, alphas, device, rng):
 
 def _l1(plan):
     pb = plan.problem
-    if (pb.q > 0).sum() ** pb.n <= AUDIT_TUPLES:
+    if hasattr(plan, "audit") and (pb.q > 0).sum() ** pb.n <= AUDIT_TUPLES:
         return plan.audit().l1
     return plan.info.get("certified_l1")
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .plan import GAVE_UP, Plan, failed
+from .plan import GAVE_UP, Plan, SolverError, failed
 from .problem import InputError, Problem
 from .subset import TIE
 
@@ -349,6 +349,28 @@ def inner_start(q, p, Q, n):
     return np.log(r) - np.log1p(-r)
 
 
+def fit_inner(s: dict, n: int, live: np.ndarray, *, h: float, tol: float, max_iter: int) -> dict:
+    """`fit_system` of the inner system of layout `s` (live: H* positions with p > 0), from the
+    scale-corrected start of `inner_start`."""
+    qv, pv, k_star = s["qv"], s["pv"], s["k_star"]
+    c = float(qv[:k_star].sum() - qv[live].sum())
+    system = System(qv[live], pv[live], max(c, 0.0), n, 1)
+    b0 = rescale(system, inner_start(qv[live], pv[live], float(s["Qc"][k_star]), n), 2 * h)
+    return fit_system(system, b0, h=h, tol=tol, max_iter=max_iter)
+
+
+def fit_segment(s: dict, n: int, l: int, *, h: float, tol: float, max_iter: int) -> dict:
+    """`fit_system` of outer segment l of layout `s` (at least two tokens), log-weights pinned at
+    the token of largest target and started at log(t/q)."""
+    span = np.arange(s["ends"][l], s["starts"][l])
+    tq, tt = s["qv"][span], s["targets"][span]
+    pin = int(np.argmax(tt))
+    with np.errstate(divide="ignore"):
+        b0 = np.log(np.maximum(tt, 1e-300) / tq)
+    return fit_system(System(tq, tt, float(s["Qc"][s["ends"][l]]), n, 0), b0 - b0[pin], h=h, tol=tol,
+                      max_iter=max_iter, pin=pin)
+
+
 # ------------------------------------------------------------------------------------ structure
 def layout(p: np.ndarray, q: np.ndarray, n: int) -> dict:
     """H*, α* and the outer segments of §1–2 from the draft support alone: O(k log k + V).
@@ -379,6 +401,19 @@ def layout(p: np.ndarray, q: np.ndarray, n: int) -> dict:
     targets[ends] = np.minimum(np.maximum(masses - others, 0.0), pv[ends])
     return dict(tokens=tokens, qv=qv, pv=pv, Qc=Qc, k_star=k_star, alpha=float(1.0 + psi[k_star]),
                 ends=ends, starts=starts, masses=masses, targets=targets)
+
+
+def residual_law(p: np.ndarray, q: np.ndarray, s: dict) -> tuple[np.ndarray, float]:
+    """ρ ∝ p − t (never-drafted tokens: p) and its mass 1 − α*, from layout `s` in O(V).
+
+    α* = 1 leaves nothing to reject into; then ρ = p (any law will do for the certified tiny
+    rejected mass)."""
+    tokens, pv, k_star = s["tokens"], s["pv"], s["k_star"]
+    residual = np.where(q > 0, 0.0, p)  # never-drafted tokens only receive residual
+    residual[tokens[k_star:]] = pv[k_star:] - s["targets"][k_star:]
+    residual = np.maximum(residual, 0.0)
+    wanted = float(residual.sum())  # 1 − α*: the rejected mass of an exact fit
+    return (residual / wanted if wanted > 0 else p.copy()), wanted
 
 
 # ------------------------------------------------------------------------------------ the rule
@@ -481,10 +516,7 @@ def solve(problem: Problem, *, tol: float = 1e-10, step: float = STEP, max_iter:
     weights_sorted = np.zeros(qv.size)  # w by sorted position; 0 on H* tokens with p = 0
     accepted_inner = 0.0
     if live.size:
-        c = float(qv[:k_star].sum() - qv[live].sum())
-        system = System(qv[live], pv[live], max(c, 0.0), n, 1)
-        b0 = rescale(system, inner_start(qv[live], pv[live], QH, n), 2 * step)
-        fit = fit_system(system, b0, h=step, tol=fit_tol, max_iter=max_iter)
+        fit = fit_inner(s, n, live, h=step, tol=fit_tol, max_iter=max_iter)
         weights_sorted[live] = np.exp(fit["b"])
         accepted_inner = float(fit["acc"].sum())
         error += fit["l1"] + 2 * fit["quadrature"]
@@ -499,12 +531,7 @@ def solve(problem: Problem, *, tol: float = 1e-10, step: float = STEP, max_iter:
     error += float(np.abs(masses[sizes == 1] - targets[single]).sum())
     for l in np.flatnonzero(sizes > 1):  # rare: non-singleton segments
         span = np.arange(ends[l], starts[l])
-        tq, tt = qv[span], targets[span]
-        pin = int(np.argmax(tt))
-        with np.errstate(divide="ignore"):
-            b0 = np.log(np.maximum(tt, 1e-300) / tq)
-        fit = fit_system(System(tq, tt, float(s["Qc"][ends[l]]), n, 0), b0 - b0[pin], h=step, tol=fit_tol,
-                         max_iter=max_iter, pin=pin)
+        fit = fit_segment(s, n, l, h=step, tol=fit_tol, max_iter=max_iter)
         weights_sorted[span] = np.exp(fit["b"] - fit["b"].max())  # the rule only needs ratios
         error += fit["l1"] + 2 * fit["quadrature"]
         quadrature += fit["quadrature"]
@@ -517,13 +544,8 @@ def solve(problem: Problem, *, tol: float = 1e-10, step: float = STEP, max_iter:
     segment_of[tokens[k_star:]] = np.repeat(np.arange(sizes.size), sizes)[::-1]
     target_law = p.copy()  # t(v) on outer drafted tokens, p elsewhere
     target_law[tokens] = targets
-    residual = np.where(problem.q > 0, 0.0, p)  # never-drafted tokens only receive residual
-    residual[tokens[k_star:]] = pv[k_star:] - targets[k_star:]
-    residual = np.maximum(residual, 0.0)
-    wanted = float(residual.sum())  # 1 − α*: the rejected mass of an exact fit
+    rho, wanted = residual_law(p, problem.q, s)
     rejected = QH**n - accepted_inner  # the rule's rejected mass with the fitted weights
-    # α* = 1 leaves nothing to reject into; any law will do for the (certified tiny) rejected mass
-    rho = residual / wanted if wanted > 0 else p.copy()
     certified_l1 = error + abs(rejected - wanted)
     certified_gap = abs(accepted_inner - float(pv[:k_star].sum())) + quadrature
     alpha = s["alpha"]
@@ -538,6 +560,173 @@ def solve(problem: Problem, *, tol: float = 1e-10, step: float = STEP, max_iter:
                       f"step, or use method='lp' on small problems.", **info)
     return Plan(problem, "exact", alpha, make_rule(weights, segment_of, rho), h_star=tokens[:k_star].copy(),
                 info=info)
+
+
+# ------------------------------------------------------------------------ per token: one system
+def _observed(problem: Problem, drafts, *, tol: float, step: float, max_iter: int) -> dict:
+    """The parts of π(·|ω) for one observed tuple ω, fitting only the system ω belongs to (Eq. 8).
+
+    Returns a dict: x (the drafts), share (n,) the probability of outputting slot j, reject (the
+    probability of drawing from ρ), the layout s, and the info fields of `conditional`.
+    """
+    start = time.perf_counter()
+    if problem.law != "iid":
+        raise InputError(f"method 'exact' supports law='iid' only; got law={problem.law!r}. "
+                         "Use method='lp' for other draft laws.")
+    if not (tol > 0 and step > 0):
+        raise InputError(f"tol and step must be > 0; got tol={tol!r}, step={step!r}.")
+    p, q, n, V = problem.p, problem.q, problem.n, problem.V
+    x = np.asarray(drafts).reshape(-1)
+    if x.size != n or not np.issubdtype(x.dtype, np.integer) or (x < 0).any() or (x >= V).any():
+        raise InputError(f"drafts must be {n} token ids in [0, {V}); got {np.asarray(drafts).tolist()!r}.")
+    x = x.astype(np.int64)
+    s = layout(p, q, n)
+    tokens, k_star, ends, starts = s["tokens"], s["k_star"], s["ends"], s["starts"]
+    position = np.full(V, -1, dtype=np.int64)
+    position[tokens] = np.arange(tokens.size)
+    pos = position[x]  # sorted position of each draft; −1 where q = 0 (a zero-weight inner token, as in `solve`)
+    outer = pos >= k_star
+    fit_tol = tol / 8  # as in `solve`: the same fit, so the same weights
+    fit, gap, fitted = None, 0.0, None
+    if outer.any():
+        # segment l holds positions ends[l] .. starts[l] − 1, ends decreasing in l
+        seg = np.where(outer, np.searchsorted(-ends, -pos, side="left"), np.iinfo(np.int64).max)
+        l = int(seg.min())
+        chosen = seg == l
+        if starts[l] - ends[l] == 1:  # a singleton segment: every chosen draft is its one token
+            wx = chosen.astype(np.float64)
+            error = abs(float(s["masses"][l]) - float(s["targets"][ends[l]]))
+            kind = f"singleton segment {l}"
+        else:
+            fit = fit_segment(s, n, l, h=step, tol=fit_tol, max_iter=max_iter)
+            w = np.exp(fit["b"] - fit["b"].max())
+            wx = np.where(chosen, w[np.where(chosen, pos - ends[l], 0)], 0.0)
+            error = fit["l1"] + 2 * fit["quadrature"]
+            kind = fitted = f"segment {l}"
+        share, reject = wx / wx.sum(), 0.0
+    else:
+        l, kind = None, "inner"
+        live = np.flatnonzero(s["pv"][:k_star] > 0)
+        weights_sorted = np.zeros(k_star)  # 0 on H* tokens with p = 0
+        accepted, error, quadrature = 0.0, 0.0, 0.0
+        if live.size:
+            fit = fit_inner(s, n, live, h=step, tol=fit_tol, max_iter=max_iter)
+            weights_sorted[live] = np.exp(fit["b"])
+            accepted, quadrature = float(fit["acc"].sum()), fit["quadrature"]
+            error = fit["l1"] + 2 * quadrature
+            fitted = "inner"
+        wx = np.zeros(n)
+        wx[pos >= 0] = weights_sorted[pos[pos >= 0]]
+        total = 1.0 + float(wx.sum())
+        share, reject = wx / total, 1.0 / total
+        rejected = float(s["Qc"][k_star]) ** n - accepted  # the rejected mass with the fitted weights
+        error += abs(rejected - (1.0 - s["alpha"]))  # 1 − α*: the rejected mass of an exact fit
+        gap = abs(accepted - float(s["pv"][:k_star].sum())) + quadrature
+    info = dict(system=kind, segment=l, fitted=fitted, alpha=s["alpha"], h_star=tokens[:k_star].copy(),
+                slot_probabilities=share, reject=reject, certified_l1=error, certified_gap=gap,
+                nodes=None if fit is None else fit["nodes"],
+                history=None if fit is None else dict(objective=fit["objective"],
+                                                      gradient_norm=fit["gradient_norm"]),
+                seconds=time.perf_counter() - start)
+    if not (error <= tol and gap <= tol):
+        raise SolverError(f"the fit of the {kind} system reached a certified L1 deviation of {error:.3g} and an "
+                          f"acceptance gap of {gap:.3g}, above tol = {tol:g}. Raise max_iter or tol, lower "
+                          f"step, or use method='lp' on small problems.")
+    return dict(x=x, share=share, reject=reject, s=s, info=info)
+
+
+def conditional(problem: Problem, drafts, *, tol: float = 1e-10, step: float = STEP,
+                max_iter: int = 100) -> tuple[np.ndarray, dict]:
+    """π(·|ω) of the optimal rule for one observed draft tuple ω, fitting only the system ω needs.
+
+    The rule (module docstring, the paper's Eq. 8) reads only one system per tuple:
+
+    .. math::
+        π(v|ω) = \\sum_{j: x_j ∈ G_l} [x_j = v] \\frac{w_{x_j}}{\\sum_{j': x_{j'} ∈ G_l} w_{x_{j'}}}
+        \\quad (ω \\not⊆ H^*,\\ l = \\min_{j: x_j ∉ H^*} \\mathrm{seg}(x_j)),
+
+        π(v|ω) = \\sum_j [x_j = v] \\frac{w_{x_j}}{1 + \\sum_{j'} w_{x_{j'}}}
+                + \\frac{ρ(v)}{1 + \\sum_{j'} w_{x_{j'}}} \\quad (ω ⊆ H^*),  ρ ∝ p − t,
+
+    so only segment l's weights (none if G_l is a single token: π = δ of that token) or only the inner
+    weights are fitted, and ρ comes in closed form from the Thm 6.2 targets t. The structure (H*, α*,
+    the segments, t) costs O(k log k + V); the one fit O(|G|·K) per Newton step, whatever n is.
+    The result equals ``gr.solve(problem, method="exact").conditional(drafts)`` (same fits).
+
+    Parameters
+    ----------
+    problem : Problem with law="iid"
+    drafts : the n observed draft token ids ω
+    tol, step, max_iter : as in `solve`; the certificate covers the fitted system only.
+
+    Returns
+    -------
+    (π, info): π the (V,) law of the output token; info: system ("inner", "segment l" or "singleton
+    segment l"), segment, fitted (the fitted system's name, or None), alpha (α*), h_star,
+    slot_probabilities (n,), reject (the probability of a draw from ρ), residual (ρ; None for an
+    outer ω), certified_l1 (‖acc − target‖₁ + 2·quadrature of that system, plus for the inner system
+    |rejected − (1 − α*)|: a bound on its share of `solve`'s certificate), certified_gap (inner ω:
+    |accepted − p(H*)| + quadrature; outer ω: 0, it always outputs a draft), nodes, history, seconds.
+
+    Raises
+    ------
+    InputError
+        For a law other than "iid", a non-positive tol or step, or drafts that are not n token ids.
+    SolverError
+        When the certified errors of the fitted system exceed `tol`.
+
+    Examples
+    --------
+    >>> import globalres as gr
+    >>> from globalres import exact
+    >>> pb = gr.Problem([0.5, 0.3, 0.2], [0.2, 0.3, 0.5], n=2)  # H* = {1, 2}; token 0 is a segment
+    >>> pi, info = exact.conditional(pb, [1, 2])
+    >>> info["system"], pi.round(6).tolist()
+    ('inner', [0.143308, 0.726918, 0.129774])
+    >>> exact.conditional(pb, [0, 2])[1]["system"]  # token 0 alone in its segment: no fit
+    'singleton segment 0'
+    """
+    parts = _observed(problem, drafts, tol=tol, step=step, max_iter=max_iter)
+    x, info = parts["x"], parts["info"]
+    pi = np.bincount(x, weights=parts["share"], minlength=problem.V)
+    info["residual"] = None
+    if parts["reject"] > 0:
+        rho, _ = residual_law(problem.p, problem.q, parts["s"])
+        pi += parts["reject"] * rho
+        info["residual"] = rho
+    return pi, info
+
+
+def sample(problem: Problem, drafts, rng: np.random.Generator, *, tol: float = 1e-10, step: float = STEP,
+           max_iter: int = 100) -> tuple[int, dict]:
+    """One output token drawn from π(·|ω) (see `conditional`): the per-token entry point.
+
+    Fits only the system ω belongs to and builds ρ (O(V)) only when the draw rejects, so a token
+    costs O(k log k + V) for the structure plus at most one fit.
+
+    Returns (token, info) with info as in `conditional` less residual, plus accepted (whether the
+    token is one of the drafts' slots rather than a draw from ρ).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import globalres as gr
+    >>> from globalres import exact
+    >>> token, info = exact.sample(gr.Problem([0.5, 0.3, 0.2], [0.2, 0.3, 0.5], n=2), [0, 2],
+    ...                            np.random.default_rng(0))
+    >>> token, info["system"], info["accepted"]
+    (0, 'singleton segment 0', True)
+    """
+    parts = _observed(problem, drafts, tol=tol, step=step, max_iter=max_iter)
+    x, share, info = parts["x"], parts["share"], parts["info"]
+    cumulative = np.cumsum(share)
+    u = rng.random() * (cumulative[-1] + parts["reject"])
+    info["accepted"] = bool(u < cumulative[-1])
+    if info["accepted"]:
+        return int(x[min(int(np.searchsorted(cumulative, u, side="right")), x.size - 1)]), info
+    rho, _ = residual_law(problem.p, problem.q, parts["s"])
+    cumulative = np.cumsum(rho)
+    return int(min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), rho.size - 1)), info
 
 
 # ------------------------------------------------------------------------ torch: batched fast path

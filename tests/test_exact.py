@@ -280,3 +280,81 @@ def test_scale_start_needs_few_newton_steps(n):
     plan = gr.solve(gr.Problem(p, q, n), method="exact")
     assert plan.success and plan.info["certified_l1"] <= 1e-10
     assert len(plan.info["history"]["inner"]["gradient_norm"]) <= 8
+
+
+# ------------------------------------------------------------------ per token: the observed system only
+def _assert_step_matches_solve(pb):
+    plan = gr.solve(pb, method="exact")
+    rng = np.random.default_rng(0)
+    for omega in itertools.product(range(pb.V), repeat=pb.n):
+        pi, info = exact.conditional(pb, list(omega))
+        np.testing.assert_allclose(pi, plan.conditional(list(omega)), atol=1e-9, err_msg=str(omega))
+        assert info["certified_l1"] <= 1e-10 and info["certified_gap"] <= 1e-10
+        token, _ = exact.sample(pb, list(omega), rng)
+        assert pi[token] > 0
+
+
+STEP_CASES = {
+    "n=1": gr.Problem(*np.random.default_rng(5).dirichlet(np.ones(5), size=2), 1),
+    "p=q": gr.Problem([0.4, 0.3, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1], 3),
+    "disjoint supports": gr.Problem([0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.3, 0.7], 2),
+    "partly disjoint": gr.Problem([0.6, 0.0, 0.4, 0.0, 0.0], [0.1, 0.3, 0.2, 0.4, 0.0], 3),
+    "random k=5 n=3": gr.Problem.random(5, 3, seed=4),
+    "random n=4": gr.Problem.random(4, 4, seed=8),
+    "non-singleton segment": gr.Problem.random(5, 3, seed=12),  # an outer segment needs a fit
+}
+
+
+@pytest.mark.parametrize("name", list(STEP_CASES))
+def test_step_conditional_equals_the_full_solve(name):
+    pb = STEP_CASES[name]
+    if name == "non-singleton segment":
+        s = exact.layout(pb.p, pb.q, pb.n)
+        assert (s["starts"] - s["ends"] > 1).any()
+        fitted = {exact.conditional(pb, list(w))[1]["fitted"] for w in itertools.product(range(pb.V), repeat=pb.n)}
+        assert any(f and f.startswith("segment") for f in fitted)
+    _assert_step_matches_solve(pb)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=small_problems(max_vocab=5, max_drafts=3))
+def test_step_conditional_equals_the_full_solve_random(problem):
+    _assert_step_matches_solve(problem)
+
+
+def test_step_fits_only_the_observed_system():
+    pb = gr.Problem.random(40, 3, seed=9, top_k=20)
+    plan = gr.solve(pb, method="exact")
+    h_star = set(plan.h_star.tolist())
+    inner = [int(plan.h_star[0])] * 3
+    pi, info = exact.conditional(pb, inner)
+    assert info["system"] == info["fitted"] == "inner" and info["residual"] is not None
+    outer = [v for v in np.flatnonzero(pb.q > 0) if v not in h_star]
+    if outer:
+        pi, info = exact.conditional(pb, [outer[0], inner[0], inner[0]])
+        assert info["system"].endswith(f"segment {info['segment']}") and info["reject"] == 0.0
+        assert info["fitted"] in (None, f"segment {info['segment']}") and info["residual"] is None
+        np.testing.assert_allclose(pi, plan.conditional([outer[0], inner[0], inner[0]]), atol=1e-9)
+
+
+def test_step_samples_from_its_conditional():
+    pb = gr.Problem.random(6, 3, seed=2)
+    omega = [int(v) for v in pb.sample_drafts(np.random.default_rng(3))]
+    pi, _ = exact.conditional(pb, omega)
+    rng = np.random.default_rng(4)
+    counts = np.bincount([exact.sample(pb, omega, rng)[0] for _ in range(4000)], minlength=pb.V)
+    keep = pi > 0
+    assert counts[~keep].sum() == 0
+    assert stats.chisquare(counts[keep], 4000 * pi[keep] / pi[keep].sum()).pvalue > 1e-3
+
+
+def test_step_fails_loudly_and_checks_inputs():
+    pb = gr.Problem.random(5, 3, seed=4)
+    h_star = gr.solve(pb, method="exact").h_star
+    with pytest.raises(gr.SolverError, match="above tol"):
+        exact.conditional(pb, [int(h_star[0])] * 3, step=1.5, tol=1e-14)
+    for bad in ([0, 1], [0, 1, 5], [0, 1, -1], [0.5, 1, 2]):
+        with pytest.raises(gr.InputError):
+            exact.sample(pb, bad, np.random.default_rng(0))
+    with pytest.raises(gr.InputError):
+        exact.conditional(pb, [0, 1, 2], tol=0.0)
