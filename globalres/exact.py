@@ -490,7 +490,7 @@ def solve(problem: Problem, *, tol: float = 1e-10, step: float = STEP, max_iter:
     --------
     >>> import globalres as gr
     >>> plan = gr.solve(gr.Problem([0.5, 0.3, 0.2], [0.2, 0.3, 0.5], n=2), method="exact")
-    >>> round(plan.acceptance, 6), plan.info["certified_l1"] < 1e-10
+    >>> round(plan.acceptance, 6), bool(plan.info["certified_l1"] < 1e-10)
     (0.86, True)
     """
     if problem.law != "iid":

@@ -5,10 +5,10 @@ import doctest
 import pytest
 
 import globalres
-from globalres import problem, subset
+from globalres import convex, exact, problem, subset
 
 
-@pytest.mark.parametrize("module", [globalres, problem, subset], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [globalres, problem, subset, convex, exact], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
