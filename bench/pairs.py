@@ -42,13 +42,20 @@ def real_pairs(V: int | None = None):
                     yield softmax(lp.astype(np.float64)), softmax(lq.astype(np.float64))
 
 
-def pairs(V: int, k: int, count: int, seed: int = 0):
-    """`count` pairs over V tokens with q top-k: real ones first (truncated to k), then synthetic."""
+def labelled_pairs(V: int, k: int, count: int, seed: int = 0):
+    """(pairs, n_real): `count` pairs over V tokens with q top-k, the bundled real ones first (truncated
+    to k), then synthetic; n_real says how many of them are real."""
     out = []
     for p, q in real_pairs(V):
         if len(out) == count:
             break
         out.append((p / p.sum(), truncate_top_k(q / q.sum(), k)))
-    for i in range(count - len(out)):
+    n_real = len(out)
+    for i in range(count - n_real):
         out.append(synthetic_pair(V, k, seed + i))
-    return out
+    return out, n_real
+
+
+def pairs(V: int, k: int, count: int, seed: int = 0):
+    """`count` pairs over V tokens with q top-k: real ones first (truncated to k), then synthetic."""
+    return labelled_pairs(V, k, count, seed)[0]
