@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.linalg import lapack
 
 from .plan import GAVE_UP, Plan, SolverError, failed
 from .problem import InputError, Problem
@@ -170,7 +171,8 @@ def integrals(system: System, w, E, t, h):
     r1, r2, _ = tail_sums(h)
     g0 = n * qw * Q ** (n - 1)
     left = h * t[0] * g0 * (r1 - t[0] * r2 * (c0 + w + (n - 1) * m / Q))
-    return dict(acc=n * qw * (E @ kernel) + left, phi=phi, kernel=kernel, dt=dt, qw=qw, m=m, g0=g0)
+    Ek = E @ kernel
+    return dict(acc=n * qw * Ek + left, phi=phi, kernel=kernel, dt=dt, qw=qw, m=m, g0=g0, Ek=Ek, left=left)
 
 
 def left_bound(system: System, w, t_lo: float, h: float) -> float:
@@ -189,6 +191,15 @@ def quadrature_bound(system: System, acc, w, t, h: float) -> float:
     return beta / (1 - beta) * float(np.abs(acc).sum()) + left_bound(system, w, float(t[0]), h) + TAIL * system.Q
 
 
+@functools.lru_cache(maxsize=4096)
+def nodes(lo: int, hi: int, h: float) -> np.ndarray:
+    """t_k = e^{kh}, k = lo..hi (read-only: shared between calls)."""
+    t = np.exp(h * np.arange(lo, hi + 1))
+    t.setflags(write=False)
+    return t
+
+
+@functools.lru_cache(maxsize=4096)
 def right_sum(hi: int, h: float) -> float:
     """Σ_{k>hi} e^{−t_k}, t_k = e^{kh}: right of the grid φ = c to within TAIL, so F's integrand is
     (Qⁿ − cⁿ) e^{−t} there (for both c0). F needs it: unlike acc, F's integrand decays only like e^{−t}."""
@@ -214,8 +225,7 @@ def rescale(system: System, b, h: float):
         lo, hi = grid(w, n, 1, h)
         t = np.exp(h * np.arange(lo, max(hi, math.ceil(math.log(50.0) / h)) + 1))  # e^{−t} ≤ 2e−22 past 50
         E = exponentials(w, t)
-        phi, psi = np.stack([q, q * w]) @ E
-        phi = phi + c
+        phi, psi = c + q @ E, (q * w) @ E
         a = h * t * np.exp(-t)
         R = float(a @ phi**n) + h * t[0] * tail_sums(h)[0] * Q**n
         slope = -n * float((a * t * phi ** (n - 1)) @ psi) / R  # d log R / dλ < 0
@@ -235,46 +245,39 @@ def evaluate(system: System, b, lo: int, hi: int, h: float):
     """
     n, c0, c, Q = system.n, system.c0, system.c, system.Q
     w = np.exp(b)
-    t = np.exp(h * np.arange(lo, hi + 1))
+    t = nodes(lo, hi, h)
     E = exponentials(w, t)
     out = integrals(system, w, E, t, h)
     phi = out["phi"]
     # φⁿ − Qⁿ = Qⁿ expm1(n log1p(D/Q)), D = φ − Q: steers the line search only, so D's rounding is harmless
-    with np.errstate(divide="ignore"):  # φ = 0 (c = 0, t large) gives log1p(−1) = −∞: fine
-        grow = Q**n * np.expm1(n * np.log1p(np.maximum(phi / Q - 1.0, -1.0)))
+    # (and so is the floor −1 + 2⁻⁵² that keeps log1p finite where φ = 0)
+    grow = Q**n * np.expm1(n * np.log1p(np.maximum(phi / Q - 1.0, -1.0 + 2.0**-52)))
     integrand = -np.exp(-t) * grow if c0 == 1 else (Q**n - c**n) * np.expm1(-t) - grow
     first = n * Q ** (n - 1) * out["m"] - (1 - c0) * (Q**n - c**n)
     F = h * (float(integrand.sum()) + t[0] * tail_sums(h)[0] * first + (Q**n - c**n) * right_sum(hi, h)) \
         - float(np.dot(system.target, b))
-    return dict(acc=out["acc"], F=F, E=E, t=t, phi=phi, w=w)
+    return dict(out, F=F, E=E, t=t, w=w)
 
 
-def hessian(system: System, w, E, t, phi, h: float):
+def hessian(system: System, here: dict, h: float):
     """The Hessian of the step-h rule's F in b, ∂acc/∂b: diag(d) − U diag(C) Uᵀ − γ (qw)(qw)ᵀ with
-    U = q w E (G, K), from E = e^{−t w} and φ on the nodes t: tokens couple only through φ.
-    Returns d, qw, C and γ.
+    U = q w E (G, K), from an `evaluate` result (E = e^{−t w}, φ, the kernel on the nodes t): tokens
+    couple only through φ. Returns d, C and γ.
 
     The rank-one term and part of d come from the left-tail sum of `integrals` (it depends on b
     through m = Σ q w). They are ~1e-8 of acc, but near-tight systems (design §5b) have Hessian
     eigenvalues that small, and leaving them out made Newton converge only linearly there.
     """
-    n, c0, Q = system.n, system.c0, system.Q
-    qw = system.q * w
-    m = float(qw.sum())
-    dt = h * t * np.exp(-c0 * t)
-    kernel = dt * phi ** (n - 1)
-    kernel[kernel < FLUSH] = 0.0
-    # d = n q w ∫ e^{−t(c0+w)} (1 − t w) φ^{n−1}: two matrix-vector products, no second (G, K) pass
-    both = E @ np.stack([kernel, t * kernel], 1)
-    r1, r2, _ = tail_sums(h)
-    t0 = float(t[0])
-    g0 = n * qw * Q ** (n - 1)
-    left = h * t0 * g0 * (r1 - t0 * r2 * (c0 + w + (n - 1) * m / Q))  # as in `integrals`
-    d = n * qw * (both[:, 0] - w * both[:, 1]) + left - h * t0**2 * r2 * g0 * w
+    n, Q = system.n, system.Q
+    w, t, phi, dt, qw = here["w"], here["t"], here["phi"], here["dt"], here["qw"]
+    # d = n q w ∫ e^{−t(c0+w)} (1 − t w) φ^{n−1}: one more matrix-vector product, no second (G, K) pass
+    Etk = here["E"] @ (t * here["kernel"])
+    t0, r2 = float(t[0]), tail_sums(h)[1]
+    d = n * qw * (here["Ek"] - w * Etk) + here["left"] - h * t0**2 * r2 * here["g0"] * w
     C = n * (n - 1) * dt * t * phi ** (n - 2) if n >= 2 else np.zeros_like(t)
     C[C < FLUSH] = 0.0
     gamma = h * t0**2 * r2 * n * (n - 1) * Q ** (n - 2) if n >= 2 else 0.0
-    return d, qw, C, gamma
+    return d, C, gamma
 
 
 def newton_direction(g, d, E, qw, C, gamma=0.0) -> np.ndarray:
@@ -290,16 +293,17 @@ def newton_direction(g, d, E, qw, C, gamma=0.0) -> np.ndarray:
     np.multiply(E, sigma[:, None], out=Y[:, :K])
     Y[:, K] = sigma
     np.maximum(Y, FLUSH, out=Y)  # no denormal products in the Gram matrix; changes it by < 1e-290
-    root = np.sqrt(np.append(np.maximum(C, 0.0), max(gamma, 0.0)))
+    root = np.empty(K + 1)
+    root[:K], root[K] = C, gamma
+    np.sqrt(np.maximum(root, 0.0, out=root), out=root)
     r = -s * g
     if G <= K + 1:
         A, rhs = -(Y * root**2) @ Y.T, r
     else:
         A, rhs = -(Y.T @ Y) * np.outer(root, root), root * (r @ Y)
-    A[np.diag_indices_from(A)] += 1.0 + 1e-13  # the segment gauge is pinned; 1e-13 only guards round-off
-    try:
-        y = np.linalg.solve(A, rhs)
-    except np.linalg.LinAlgError:
+    A.flat[:: A.shape[0] + 1] += 1.0 + 1e-13  # the segment gauge is pinned; 1e-13 only guards round-off
+    y, info = lapack.dgesv(A, rhs)[2:]  # LAPACK directly: np.linalg.solve costs ~20 µs more per call
+    if info != 0:
         y = np.linalg.lstsq(A, rhs, rcond=None)[0]
     return s * (y if G <= K + 1 else r + Y @ (root * y))
 
@@ -326,9 +330,9 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None)
         if gnorm <= tol:
             break
         E = here["E"]
-        d, qw, C, gamma = hessian(system, here["w"], E, here["t"], here["phi"], h)
+        d, C, gamma = hessian(system, here, h)
         step = np.zeros_like(b)
-        step[free] = newton_direction(g[free], d[free], E[free], qw[free], C, gamma)
+        step[free] = newton_direction(g[free], d[free], E[free], here["qw"][free], C, gamma)
         biggest = np.abs(step).max()
         if biggest > MAX_LOG_STEP:
             step *= MAX_LOG_STEP / biggest
@@ -347,7 +351,7 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None)
     return b, objective, gradient_norm, here
 
 
-ROUGH = 1e-7  # ‖∇F‖₁ the step-2h phase of `fit_system` stops at: about where the 2h rule's own error lies
+ROUGH = 1e-6  # ‖∇F‖₁ the step-2h phase of `fit_system` stops at: about where the 2h rule's own error lies
 
 
 def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None):
