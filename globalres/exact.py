@@ -259,6 +259,14 @@ def evaluate(system: System, b, lo: int, hi: int, h: float):
     return dict(out, F=F, E=E, t=t, w=w)
 
 
+def subgrid(system: System, here: dict, h: float, every: int) -> dict:
+    """The parts of an `evaluate` result that `hessian` reads, for the rule on every `every`-th node."""
+    t, phi = here["t"][::every], here["phi"][::every]
+    E = here["E"][:, ::every]
+    out = integrals(system, here["w"], E, t, every * h)
+    return dict(out, E=E, t=t, w=here["w"])
+
+
 def hessian(system: System, here: dict, h: float):
     """The Hessian of the step-h rule's F in b, ∂acc/∂b: diag(d) − U diag(C) Uᵀ − γ (qw)(qw)ᵀ with
     U = q w E (G, K), from an `evaluate` result (E = e^{−t w}, φ, the kernel on the nodes t): tokens
@@ -284,32 +292,37 @@ def newton_direction(g, d, E, qw, C, gamma=0.0) -> np.ndarray:
     """Solve (diag(d) − U diag(C) Uᵀ − γ (qw)(qw)ᵀ) x = −g, U = q w E, scaled by d^{-1/2}; Woodbury
     when G > K (the rank-one term is one more column of U, with E = 1).
 
-    With W = d^{-1/2} U C^{1/2}: (I − W Wᵀ)^{-1} = I + W (I − WᵀW)^{-1} Wᵀ, a K×K solve.
+    With W = d^{-1/2} [U C^{1/2}, qw γ^{1/2}]: (I − W Wᵀ)^{-1} = I + W (I − WᵀW)^{-1} Wᵀ, a (K+1)² solve.
     """
     s = 1.0 / np.sqrt(np.maximum(d, 1e-300))
-    G, K = E.shape
     sigma = s * qw
-    Y = np.empty((G, K + 1))  # W = Y diag(√C, √γ)
-    np.multiply(E, sigma[:, None], out=Y[:, :K])
-    Y[:, K] = sigma
+    Y = E * sigma[:, None]  # W = [Y diag(√C), σ √γ]
     np.maximum(Y, FLUSH, out=Y)  # no denormal products in the Gram matrix; changes it by < 1e-290
-    root = np.empty(K + 1)
-    root[:K], root[K] = C, gamma
-    np.sqrt(np.maximum(root, 0.0, out=root), out=root)
+    root = np.sqrt(np.maximum(np.append(C, gamma), 0.0))
     r = -s * g
+    G, K = Y.shape
     if G <= K + 1:
-        A, rhs = -(Y * root**2) @ Y.T, r
+        W = np.column_stack([Y, sigma]) * root
+        A, rhs = -(W @ W.T), r
     else:
-        A, rhs = -(Y.T @ Y) * np.outer(root, root), root * (r @ Y)
+        A = np.empty((K + 1, K + 1))
+        A[:K, :K] = Y.T @ Y
+        A[:K, K] = A[K, :K] = Y.T @ sigma
+        A[K, K] = sigma @ sigma
+        A *= -np.outer(root, root)
+        rhs = root * np.append(r @ Y, r @ sigma)
     A.flat[:: A.shape[0] + 1] += 1.0 + 1e-13  # the segment gauge is pinned; 1e-13 only guards round-off
     y, info = lapack.dgesv(A, rhs)[2:]  # LAPACK directly: np.linalg.solve costs ~20 µs more per call
     if info != 0:
         y = np.linalg.lstsq(A, rhs, rcond=None)[0]
-    return s * (y if G <= K + 1 else r + Y @ (root * y))
+    if G <= K + 1:
+        return s * y
+    y = root * y
+    return s * (r + Y @ y[:K] + sigma * y[K])
 
 
 # ------------------------------------------------------------------------------------ one system
-def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None):
+def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None, sparse: int = 1):
     """Minimise the step-h quadrature of F(b) by damped Newton from b0: b, F and ‖∇F‖₁ per iteration.
 
     pin : index of a log-weight held fixed (segments: F is invariant to a common shift of a).
@@ -329,8 +342,11 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None)
         gradient_norm.append(gnorm)
         if gnorm <= tol:
             break
-        E = here["E"]
-        d, C, gamma = hessian(system, here, h)
+        if len(gradient_norm) > 1 and gnorm > 0.1 * gradient_norm[-2]:
+            sparse = 1
+        coarse = here if sparse == 1 else subgrid(system, here, h, sparse)
+        E = coarse["E"]
+        d, C, gamma = hessian(system, coarse, sparse * h)
         step = np.zeros_like(b)
         step[free] = newton_direction(g[free], d[free], E[free], here["qw"][free], C, gamma)
         biggest = np.abs(step).max()
@@ -368,7 +384,8 @@ def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None)
     with one_blas_thread():
         b, objective, gradient_norm, _ = newton(system, b0, h=2 * h, tol=max(tol, ROUGH), max_iter=max_iter,
                                                 pin=pin)
-        b, more_objective, more_gradient, here = newton(system, b, h=h, tol=tol, max_iter=max_iter, pin=pin)
+        b, more_objective, more_gradient, here = newton(system, b, h=h, tol=tol, max_iter=max_iter, pin=pin,
+                                                        sparse=2)
     acc, t = here["acc"], here["t"]
     return dict(b=b, acc=acc, l1=float(np.abs(acc - system.target).sum()),
                 quadrature=quadrature_bound(system, acc, np.exp(b), t, h),
