@@ -326,6 +326,8 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
     """Minimise the step-h quadrature of F(b) by damped Newton from b0: b, F and ‖∇F‖₁ per iteration.
 
     pin : index of a log-weight held fixed (segments: F is invariant to a common shift of a).
+    sparse : the Hessian comes from every `sparse`-th node (the rule of step sparse·h, a quarter of
+        the Gram cost at 2) until a step cuts ‖∇F‖₁ less than tenfold or fails, then from every node.
     Each line-search trial is evaluated with its Hessian parts, so an accepted trial is the next
     iterate's evaluation: one pass of exponentials per Newton step when full steps are taken.
     Returns b, the objective and gradient norm per iteration, and the evaluation at b.
@@ -334,44 +336,54 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
     b = np.clip(np.asarray(b0, dtype=np.float64), -700.0, 700.0)
     free = slice(None) if pin is None else np.arange(b.size) != pin  # a slice: no copies of E
     here = evaluate(system, b, *grid(np.exp(b), n, c0, h), h)
-    objective, gradient_norm = [], []
-    for _ in range(max_iter):
+    objective, gradient_norm = [here["F"]], []
+    while len(gradient_norm) < max_iter:
         g = here["acc"] - target
         gnorm = float(np.abs(g).sum())
-        objective.append(here["F"])
         gradient_norm.append(gnorm)
         if gnorm <= tol:
             break
         if len(gradient_norm) > 1 and gnorm > 0.1 * gradient_norm[-2]:
             sparse = 1
         coarse = here if sparse == 1 else subgrid(system, here, h, sparse)
-        E = coarse["E"]
         d, C, gamma = hessian(system, coarse, sparse * h)
         step = np.zeros_like(b)
-        step[free] = newton_direction(g[free], d[free], E[free], here["qw"][free], C, gamma)
-        biggest = np.abs(step).max()
-        if biggest > MAX_LOG_STEP:
-            step *= MAX_LOG_STEP / biggest
-        slope = float(np.dot(g, step))
-        size, moved = 1.0, False
-        for _ in range(40):
-            trial = np.clip(b + size * step, -700.0, 700.0)
-            there = evaluate(system, trial, *grid(np.exp(trial), n, c0, h), h)
-            # Armijo on F, or a smaller gradient: near the optimum F changes below round-off
-            if there["F"] <= here["F"] + 1e-4 * size * slope or np.abs(there["acc"] - target).sum() < gnorm:
-                b, here, moved = trial, there, True
+        step[free] = newton_direction(g[free], d[free], coarse["E"][free], here["qw"][free], C, gamma)
+        there = line_search(system, b, step, here, g, h) if np.isfinite(step).all() else None
+        if there is None:
+            if sparse == 1:
                 break
-            size /= 2
-        if not moved:
-            break
-    return b, objective, gradient_norm, here
+            sparse = 1  # retry this iterate with the exact Hessian
+            gradient_norm.pop()
+            continue
+        b, here = there
+        objective.append(here["F"])
+    return b, objective[: len(gradient_norm)], gradient_norm, here
+
+
+def line_search(system: System, b, step, here, g, h):
+    """Backtracking from the full Newton step (capped at MAX_LOG_STEP): the accepted (b, evaluation),
+    or None. Accepts on Armijo's condition on F or on a smaller gradient: near the optimum F changes
+    below round-off."""
+    biggest = np.abs(step).max()
+    if biggest > MAX_LOG_STEP:
+        step = step * (MAX_LOG_STEP / biggest)
+    slope, gnorm = float(np.dot(g, step)), float(np.abs(g).sum())
+    size = 1.0
+    for _ in range(40):
+        trial = np.clip(b + size * step, -700.0, 700.0)
+        there = evaluate(system, trial, *grid(np.exp(trial), system.n, system.c0, h), h)
+        if there["F"] <= here["F"] + 1e-4 * size * slope or np.abs(there["acc"] - system.target).sum() < gnorm:
+            return trial, there
+        size /= 2
+    return None
 
 
 SMALL = 32  # systems of at most this many tokens skip the 2h phase: their cost is per call, not per node
 ROUGH = 1e-6  # ‖∇F‖₁ the step-2h phase of `fit_system` stops at: about where the 2h rule's own error lies
 
 
-def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None):
+def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None, _s2=1):
     """Fit one system: Newton at step 2h to ROUGH, then at step h to tol, certified at h.
 
     The 2h rule has half the nodes (a quarter of the Newton system's cost) and errs by ~1e-7
@@ -386,7 +398,7 @@ def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None)
         objective, gradient_norm, b = [], [], b0
         if system.q.size > SMALL:
             b, objective, gradient_norm, _ = newton(system, b0, h=2 * h, tol=max(tol, ROUGH), max_iter=max_iter,
-                                                    pin=pin)
+                                                    pin=pin, sparse=2)
         b, more_objective, more_gradient, here = newton(system, b, h=h, tol=tol, max_iter=max_iter, pin=pin,
                                                         sparse=2)
     acc, t = here["acc"], here["t"]

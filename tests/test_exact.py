@@ -289,6 +289,25 @@ def test_scale_start_needs_few_newton_steps(n):
     assert len(plan.info["history"]["inner"]["gradient_norm"]) <= 8
 
 
+@pytest.mark.parametrize("n", [2, 8])
+def test_a_coarse_hessian_falls_back_to_the_exact_one(n):
+    # Newton with the Hessian of a far coarser rule (step 4h = 1.0: 1.7e-3 relative error) still reaches
+    # the tolerance: slow progress or a failed step switches to the exact Hessian
+    rng = np.random.default_rng(n)
+    logit = -3.3 * np.log1p(rng.permutation(5000))
+    p = np.exp(logit) / np.exp(logit).sum()
+    draft = np.exp(0.9 * logit + rng.standard_normal(5000))
+    q = gr.problem.truncate_top_k(draft / draft.sum(), 500)
+    s = exact.layout(p, q, n)
+    live = np.flatnonzero(s["pv"][: s["k_star"]] > 0)
+    system = exact.System(s["qv"][live], s["pv"][live], 0.0, n, 1)
+    b0 = exact.rescale(system, exact.inner_start(system.q, system.target, system.Q, n), 0.5)
+    exact_hessian = exact.newton(system, b0, h=0.25, tol=1e-12, max_iter=50)[2]
+    coarse_hessian = exact.newton(system, b0, h=0.25, tol=1e-12, max_iter=50, sparse=4)[2]
+    assert exact_hessian[-1] <= 1e-12 and coarse_hessian[-1] <= 1e-12
+    assert len(coarse_hessian) <= len(exact_hessian) + 4
+
+
 # ------------------------------------------------------------------ per token: the observed system only
 def _assert_step_matches_solve(pb):
     plan = gr.solve(pb, method="exact")
