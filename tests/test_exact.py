@@ -275,15 +275,19 @@ def test_left_tail_correction():
     assert 0 < np.abs(short - acc).sum() <= bound + 1e-16
 
 
+def _zipf_top_k(V, k, seed):
+    """A Zipf-like target and a noisy draft cut to its top k (bench/pairs.py's synthetic pairs)."""
+    rng = np.random.default_rng(seed)
+    logit = -3.3 * np.log1p(rng.permutation(V))
+    draft = np.exp(0.9 * logit + rng.standard_normal(V))
+    return np.exp(logit) / np.exp(logit).sum(), gr.problem.truncate_top_k(draft / draft.sum(), k)
+
+
 @pytest.mark.parametrize("n", [2, 16])
 def test_scale_start_needs_few_newton_steps(n):
     # near-tight inner systems (α* → 1 as n grows) have large weights; the 1-D scale solve puts the
     # start at the right scale, so Newton converges quadratically from there (was 10-20 steps)
-    rng = np.random.default_rng(n)
-    logit = -3.3 * np.log1p(rng.permutation(3000))
-    p = np.exp(logit) / np.exp(logit).sum()
-    draft = np.exp(0.9 * logit + rng.standard_normal(3000))
-    q = gr.problem.truncate_top_k(draft / draft.sum(), 300)
+    p, q = _zipf_top_k(3000, 300, seed=n)
     plan = gr.solve(gr.Problem(p, q, n), method="exact")
     assert plan.success and plan.info["certified_l1"] <= 1e-10
     assert len(plan.info["history"]["inner"]["gradient_norm"]) <= 8
@@ -293,11 +297,7 @@ def test_scale_start_needs_few_newton_steps(n):
 def test_a_coarse_hessian_falls_back_to_the_exact_one(n):
     # Newton with the Hessian of a far coarser rule (step 4h = 1.0: 1.7e-3 relative error) still reaches
     # the tolerance: slow progress or a failed step switches to the exact Hessian
-    rng = np.random.default_rng(n)
-    logit = -3.3 * np.log1p(rng.permutation(5000))
-    p = np.exp(logit) / np.exp(logit).sum()
-    draft = np.exp(0.9 * logit + rng.standard_normal(5000))
-    q = gr.problem.truncate_top_k(draft / draft.sum(), 500)
+    p, q = _zipf_top_k(5000, 500, seed=n)
     s = exact.layout(p, q, n)
     live = np.flatnonzero(s["pv"][: s["k_star"]] > 0)
     system = exact.System(s["qv"][live], s["pv"][live], 0.0, n, 1)
