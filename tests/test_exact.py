@@ -310,6 +310,27 @@ def test_a_coarse_hessian_falls_back_to_the_exact_one(n):
     assert len(coarse_hessian) <= len(exact_hessian) + 4
 
 
+@pytest.mark.parametrize("n", [2, 8])
+def test_coarse_start_of_a_large_system(n):
+    # the start read off the fit of the ratio-binned system is over a hundred times closer than the cold
+    # start, and the fit from it reaches the same accepted masses, certified, in fewer Newton steps
+    p, q = _zipf_top_k(20000, 2000, seed=n)
+    s = exact.layout(p, q, n)
+    live = np.flatnonzero(s["pv"][: s["k_star"]] > 0)
+    system = exact.System(s["qv"][live], s["pv"][live], 0.0, n, 1)
+    warm = exact.coarse_start(system, exact.STEP)
+    cold = exact.rescale(system, exact.inner_start(system.q, system.target, system.Q, n), 2 * exact.STEP)
+    gradient = {name: np.abs(exact.evaluate(system, b, *exact.grid(np.exp(b), n, 1, exact.STEP), exact.STEP)["acc"]
+                             - system.target).sum() for name, b in (("warm", warm), ("cold", cold))}
+    assert gradient["warm"] < 1e-2 * gradient["cold"]
+    from_warm = exact.fit_system(system, warm, tol=1e-12, warm=True)
+    from_cold = exact.fit_system(system, cold, tol=1e-12)
+    assert from_warm["l1"] <= 1e-12 and from_cold["l1"] <= 1e-12
+    np.testing.assert_allclose(from_warm["acc"], from_cold["acc"], rtol=0, atol=2e-12)  # b is flat where w is large
+    assert len(from_warm["gradient_norm"]) < len(from_cold["gradient_norm"])
+    assert exact.coarse_start(exact.System(system.q[:40], system.target[:40], 0.0, n, 1), exact.STEP) is None
+
+
 # ------------------------------------------------------------------ per token: the observed system only
 def _assert_step_matches_solve(pb):
     plan = gr.solve(pb, method="exact")
