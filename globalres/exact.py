@@ -473,7 +473,8 @@ def fit_segment(s: dict, n: int, l: int, *, h: float, tol: float, max_iter: int)
 def layout(p: np.ndarray, q: np.ndarray, n: int) -> dict:
     """H*, α* and the outer segments of §1–2 from the draft support alone: O(k log k + V).
 
-    The k tokens with q > 0 sorted by q/p decreasing (ties by id) are `tokens`; prefix sums Pc, Qc
+    The k tokens with q > 0 sorted by q/p decreasing (ties by id) are `tokens` (`support`: by id,
+    `rank`: the sorted position of each); prefix sums Pc, Qc
     (length k + 1); H* = the first k* of them. Tokens with q = 0 < p lie at the under-drafted end of
     the outer chain, each a record of zero mass: they only receive residual, so they are left out.
     A prefix length L ≥ k* is a record when ψ(L) ≤ ψ(L') + TIE for every longer prefix L' ≤ k;
@@ -501,7 +502,10 @@ def layout(p: np.ndarray, q: np.ndarray, n: int) -> dict:
     targets = pv.copy()
     others = Pc[starts] - Pc[ends + 1]
     targets[ends] = np.minimum(np.maximum(masses - others, 0.0), pv[ends])
-    return dict(tokens=tokens, qv=qv, pv=pv, Qc=Qc, k_star=k_star, alpha=float(1.0 + psi[k_star]),
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)  # sorted position of support[i]
+    return dict(tokens=tokens, support=support, rank=rank, qv=qv, pv=pv, Qc=Qc, k_star=k_star,
+                alpha=float(1.0 + psi[k_star]),
                 ends=ends, starts=starts, masses=masses, targets=targets)
 
 
@@ -684,9 +688,9 @@ def _observed(problem: Problem, drafts, *, tol: float, step: float, max_iter: in
     x = x.astype(np.int64)
     s = layout(p, q, n)
     tokens, k_star, ends, starts = s["tokens"], s["k_star"], s["ends"], s["starts"]
-    position = np.full(V, -1, dtype=np.int64)
-    position[tokens] = np.arange(tokens.size)
-    pos = position[x]  # sorted position of each draft; −1 where q = 0 (a zero-weight inner token, as in `solve`)
+    support = s["support"]  # sorted position of each draft, in O(n log k); −1 where q = 0 (a zero-weight
+    at = np.minimum(np.searchsorted(support, x), support.size - 1)  # inner token, as in `solve`)
+    pos = np.where(support[at] == x, s["rank"][at], -1)
     outer = pos >= k_star
     fit_tol = tol / 8  # as in `solve`: the same fit, so the same weights
     fit, gap, fitted = None, 0.0, None
