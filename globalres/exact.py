@@ -474,8 +474,7 @@ def layout(p: np.ndarray, q: np.ndarray, n: int) -> dict:
     """H*, α* and the outer segments of §1–2 from the draft support alone: O(k log k + V).
 
     The k tokens with q > 0 sorted by q/p decreasing (ties by id) are `tokens` (`support`: by id,
-    `rank`: the sorted position of each); prefix sums Pc, Qc
-    (length k + 1); H* = the first k* of them. Tokens with q = 0 < p lie at the under-drafted end of
+    `rank`: the sorted position of each); prefix sums Pc, Qc (length k + 1); H* = the first k*. Tokens with q = 0 < p lie at the under-drafted end of
     the outer chain, each a record of zero mass: they only receive residual, so they are left out.
     A prefix length L ≥ k* is a record when ψ(L) ≤ ψ(L') + TIE for every longer prefix L' ≤ k;
     the records R_0 = k > R_1 > … > R_last = k* cut the chain: segment l = positions R_{l+1}..R_l − 1,
