@@ -326,8 +326,8 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
     pin : index of a log-weight held fixed (segments: F is invariant to a common shift of a).
     sparse : the Hessian comes from every `sparse`-th node (the rule of step sparse·h, a quarter of
         the Gram cost at 2) until a step cuts ‖∇F‖₁ less than tenfold or fails, then from every node.
-    Each line-search trial is evaluated with its Hessian parts, so an accepted trial is the next
-    iterate's evaluation: one pass of exponentials per Newton step when full steps are taken.
+    An accepted line-search trial's evaluation is the next iterate's: one pass of exponentials per
+    Newton step when full steps are taken.
     Returns b, the objective and gradient norm per iteration, and the evaluation at b.
     """
     target, n, c0 = system.target, system.n, system.c0
