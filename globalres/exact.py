@@ -292,7 +292,8 @@ def newton_direction(g, d, E, qw, C, gamma=0.0) -> np.ndarray:
 
     With W = d^{-1/2} [U C^{1/2}, qw γ^{1/2}]: (I − W Wᵀ)^{-1} = I + W (I − WᵀW)^{-1} Wᵀ, a (K+1)² solve.
     """
-    s = 1.0 / np.sqrt(np.maximum(d, 1e-300))
+    # a coarse rule's d can be ≤ 0 where the true one is tiny: the floor keeps the scaling finite
+    s = 1.0 / np.sqrt(np.maximum(d, max(1e-20 * float(d.max()), 1e-300)))
     sigma = s * qw
     Y = E * sigma[:, None]  # W = [Y diag(√C), σ √γ]
     np.maximum(Y, FLUSH, out=Y)  # no denormal products in the Gram matrix; changes it by < 1e-290
@@ -474,8 +475,9 @@ def layout(p: np.ndarray, q: np.ndarray, n: int) -> dict:
     """H*, α* and the outer segments of §1–2 from the draft support alone: O(k log k + V).
 
     The k tokens with q > 0 sorted by q/p decreasing (ties by id) are `tokens` (`support`: by id,
-    `rank`: the sorted position of each); prefix sums Pc, Qc (length k + 1); H* = the first k*. Tokens with q = 0 < p lie at the under-drafted end of
-    the outer chain, each a record of zero mass: they only receive residual, so they are left out.
+    `rank`: the sorted position of each); prefix sums Pc, Qc (length k + 1); H* = the first k*.
+    Tokens with q = 0 < p lie at the under-drafted end of the outer chain, each a record of zero
+    mass: they only receive residual, so they are left out.
     A prefix length L ≥ k* is a record when ψ(L) ≤ ψ(L') + TIE for every longer prefix L' ≤ k;
     the records R_0 = k > R_1 > … > R_last = k* cut the chain: segment l = positions R_{l+1}..R_l − 1,
     mass M_l = Qc[R_l]ⁿ − Qc[R_{l+1}]ⁿ; its target is p but at position R_{l+1} (its chain end).
@@ -929,7 +931,9 @@ def _rows_evaluate(q, target, c, n, c0, b, t, h, hessian=True):
 def _rows_direction(g, d, U, C, live):
     """Batched `newton_direction`; dead (padded or pinned) entries get a zero step."""
     torch = _torch()
-    d = torch.where(live, d.clamp_min(torch.finfo(d.dtype).tiny), torch.ones_like(d))
+    floor = 1e-20 * torch.where(live, d, torch.zeros_like(d)).amax(1, keepdim=True)  # as in `newton_direction`
+    floor = floor.clamp_min(torch.finfo(d.dtype).tiny)
+    d = torch.where(live, torch.maximum(d, floor), torch.ones_like(d))
     s = d.rsqrt()
     W = ((s * live)[:, :, None] * U * C.clamp_min(0).sqrt()[:, None, :]).clamp_min(FLUSH)  # no denormals
     r = -s * g * live
