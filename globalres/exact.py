@@ -866,7 +866,9 @@ def _rows_nodes(w, real, n, c0, h, reach=None):
     kappa = c0 + n * torch.where(real, w, torch.zeros_like(w)).amax(1)
     w_min = torch.where(real, w, torch.full_like(w, math.inf)).amin(1)
     lo = torch.floor(torch.log(LEFT / kappa) / h)
-    hi = torch.maximum(torch.ceil(torch.log(math.log(n / TAIL) / (c0 + w_min).clamp_min(1e-300)) / h), lo + 1)
+    # log t_hi = log log(n/TAIL) − log(c0 + min w), in logs: the quotient overflows float32 for tiny weights
+    log_hi = math.log(math.log(n / TAIL)) - torch.log((c0 + w_min).clamp_min(torch.finfo(w.dtype).tiny))
+    hi = torch.maximum(torch.ceil(log_hi / h), lo + 1)
     if reach is not None:
         hi = hi.clamp_min(math.ceil(reach / h))
     K = int((hi - lo).max().item()) + 1
@@ -971,7 +973,7 @@ def _rows_rescale(q, target, c, n, b, live, h):
         todo = todo & (miss.abs() >= 0.05) & (slope < 0)
         if not bool(todo.any()):
             break
-        lam = torch.where(todo, lam + (miss / slope).clamp(-20.0, 20.0), lam)
+        lam = torch.where(todo, lam + torch.nan_to_num(miss / slope).clamp(-20.0, 20.0), lam)
     return torch.where(live, b + lam[:, None], b)
 
 
@@ -983,6 +985,9 @@ def _rows_newton(q, target, c, c0, b, live, n, *, h, tol, max_iter):
     """
     torch = _torch()
     real = q > 0
+    # |b| ≤ 80 in float32: the grid of a weight e^−80 already ends near t = e^85, and e^89 overflows
+    bound = 80.0 if b.dtype == torch.float32 else 700.0
+    b = b.clamp(-bound, bound)
     history = []
     here = None
     for _ in range(max_iter):
@@ -994,7 +999,8 @@ def _rows_newton(q, target, c, c0, b, live, n, *, h, tol, max_iter):
         todo = gnorm > tol
         if not bool(todo.any()):
             break
-        step = _rows_direction(acc - target, d, U, C, live & todo[:, None])
+        # a row whose step is not finite (float32 on a near-tight system) stops and fails its certificate
+        step = torch.nan_to_num(_rows_direction(acc - target, d, U, C, live & todo[:, None]), 0.0, 0.0, 0.0)
         biggest = step.abs().amax(1, keepdim=True).clamp_min(MAX_LOG_STEP)
         step = step * (MAX_LOG_STEP / biggest)
         slope = ((acc - target) * step).sum(1)
@@ -1002,7 +1008,7 @@ def _rows_newton(q, target, c, c0, b, live, n, *, h, tol, max_iter):
         pending = todo.clone()
         here = None
         for attempt in range(30):
-            trial = (b + size[:, None] * step).clamp(-700.0, 700.0)
+            trial = (b + size[:, None] * step).clamp(-bound, bound)
             there = _rows_evaluate(q, target, c, n, c0, trial, _rows_nodes(trial.exp(), real, n, c0, h), h,
                                    hessian=attempt == 0)
             ok = (there[1] <= F + 1e-4 * size * slope) | ((there[0] - target).abs().sum(1) < gnorm)
