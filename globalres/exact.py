@@ -1210,7 +1210,8 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         p_in = torch.where(live, pv[rows, :G], torch.zeros_like(q_in))
         c = torch.where(in_H[rows, :G] & ~live, qv[rows, :G], torch.zeros_like(q_in)).sum(1)
         QH = s["Qc"][rows].gather(1, k_star[rows, None])
-        r = (p_in / (n * q_in.clamp_min(1e-300) * QH ** (n - 1))).clamp(1e-300, 1 - 1e-12)
+        finfo = torch.finfo(dtype)  # 1 − 1e-12 is 1 in float32: log1p(−r) would be −∞
+        r = (p_in / (n * q_in.clamp_min(finfo.tiny) * QH ** (n - 1))).clamp(finfo.tiny, 1 - finfo.eps)
         b0 = torch.where(live, r.log() - torch.log1p(-r), torch.zeros_like(r))
         b0 = _rows_rescale(q_in, p_in, c, n, b0, live, 2 * step)
         fit = fit_rows(q_in, p_in, c, torch.ones_like(c), b0, live, n, h=step, tol=tol / 8,
