@@ -304,15 +304,20 @@ def test_scale_start_needs_few_newton_steps(n):
     assert len(plan.info["history"]["inner"]["gradient_norm"]) <= 8
 
 
+def _inner_system(V, k, n, seed):
+    """The inner system of a Zipf top-k pair and its cold start (`inner_start`, rescaled at step 2h)."""
+    p, q = _zipf_top_k(V, k, seed)
+    s = exact.layout(p, q, n)
+    live = np.flatnonzero(s["pv"][: s["k_star"]] > 0)
+    system = exact.System(s["qv"][live], s["pv"][live], 0.0, n, 1)
+    return system, exact.rescale(system, exact.inner_start(system.q, system.target, system.Q, n), 2 * exact.STEP)
+
+
 @pytest.mark.parametrize("n", [2, 8])
 def test_a_coarse_hessian_falls_back_to_the_exact_one(n):
     # Newton with the Hessian of a far coarser rule (step 4h = 1.0: 1.7e-3 relative error) still reaches
     # the tolerance: slow progress or a failed step switches to the exact Hessian
-    p, q = _zipf_top_k(5000, 500, seed=n)
-    s = exact.layout(p, q, n)
-    live = np.flatnonzero(s["pv"][: s["k_star"]] > 0)
-    system = exact.System(s["qv"][live], s["pv"][live], 0.0, n, 1)
-    b0 = exact.rescale(system, exact.inner_start(system.q, system.target, system.Q, n), 0.5)
+    system, b0 = _inner_system(5000, 500, n, seed=n)
     exact_hessian = exact.newton(system, b0, h=0.25, tol=1e-12, max_iter=50)[2]
     coarse_hessian = exact.newton(system, b0, h=0.25, tol=1e-12, max_iter=50, sparse=4)[2]
     assert exact_hessian[-1] <= 1e-12 and coarse_hessian[-1] <= 1e-12
@@ -323,12 +328,8 @@ def test_a_coarse_hessian_falls_back_to_the_exact_one(n):
 def test_coarse_start_of_a_large_system(n):
     # the start read off the fit of the ratio-binned system is over a hundred times closer than the cold
     # start, and the fit from it reaches the same accepted masses, certified, in fewer Newton steps
-    p, q = _zipf_top_k(20000, 2000, seed=n)
-    s = exact.layout(p, q, n)
-    live = np.flatnonzero(s["pv"][: s["k_star"]] > 0)
-    system = exact.System(s["qv"][live], s["pv"][live], 0.0, n, 1)
+    system, cold = _inner_system(20000, 2000, n, seed=n)
     warm = exact.coarse_start(system, exact.STEP)
-    cold = exact.rescale(system, exact.inner_start(system.q, system.target, system.Q, n), 2 * exact.STEP)
     gradient = {name: np.abs(exact.evaluate(system, b, *exact.grid(np.exp(b), n, 1, exact.STEP), exact.STEP)["acc"]
                              - system.target).sum() for name, b in (("warm", warm), ("cold", cold))}
     assert gradient["warm"] < 1e-2 * gradient["cold"]
