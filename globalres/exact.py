@@ -415,32 +415,41 @@ def inner_start(q, p, Q, n):
     return np.log(r) - np.log1p(-r)
 
 
-COARSE = 0.05  # bin width in log(p/q) of `coarse_start`: its start errs by ~1e-7 (k = 1000) to 1e-5 (k = V)
+COARSE = 0.005  # the finest bin width in log(p/q) of `coarse_start`
 
 
-def coarse_start(system: System, h: float):
-    """A start for a large inner system from a small one of the same kind, or None if binning
-    would not make it at least four times smaller.
+def coarse_start(system: System, h: float, width: float = COARSE):
+    """A start for a large inner system from a smaller one of the same kind, or None if no bins
+    up to 0.3 wide make it at least two times smaller (or it has under 512 tokens).
 
     Every inner token solves the same scalar equation given φ (design §4), so at the optimum its
     log-weight is one smooth increasing function of its log-ratio x = log(p/q). Tokens whose x
-    falls in one bin of width COARSE merge into one token carrying their q and p mass (a few hundred
-    tokens for a full vocabulary); the fit of that system, read off at every token's x by linear
-    interpolation, is a start one or two Newton steps from the optimum (the binning errs at second
-    order in COARSE).
+    falls in one bin of `width` merge into one token carrying their q and p mass; the fit of that
+    system, read off at every token's x by linear interpolation, starts the full fit 1e-8 to 1e-7
+    from the optimum (the binning errs at second order in the width): one to three Newton steps
+    (k = V: 135 → 60-70 ms per token; k = 1000: 15-30% less). The binned system is
+    fitted the same way from bins four times wider, and so on down to a few hundred tokens. Bins
+    are widened fourfold until they halve the system: 0.005 at k = V, 0.02 at k = 1000.
     """
-    x = np.log(system.target / system.q)
-    cell = np.floor(x / COARSE).astype(np.int64)
-    cell -= cell.min()
-    qb, pb = np.bincount(cell, system.q), np.bincount(cell, system.target)
-    full = qb > 0
-    if 4 * int(full.sum()) > x.size:
+    if system.q.size < 512:
         return None
+    x = np.log(system.target / system.q)
+    while True:
+        cell = np.floor(x / width).astype(np.int64)
+        cell -= cell.min()
+        qb, pb = np.bincount(cell, system.q), np.bincount(cell, system.target)
+        full = qb > 0
+        if 2 * int(full.sum()) <= x.size:
+            break
+        width *= 4
+        if width > 0.3:
+            return None
     qb, pb = qb[full], pb[full]
     small = System(qb, pb, system.c, system.n, 1)
-    # at step 2h to 1e-7: the start need not be better than the binning
-    b = newton(small, rescale(small, inner_start(qb, pb, small.Q, system.n), 2 * h), h=2 * h, tol=1e-7,
-               max_iter=100, sparse=2)[0]
+    b0 = coarse_start(small, h, 4 * width)
+    if b0 is None:
+        b0 = rescale(small, inner_start(qb, pb, small.Q, system.n), 2 * h)
+    b = newton(small, b0, h=2 * h, tol=1e-7, max_iter=100, sparse=2)[0]  # 2h: as good as the binning
     return np.interp(x, np.log(pb / qb), b)
 
 
