@@ -450,7 +450,7 @@ def coarse_start(system: System, h: float, width: float = COARSE):
     if b0 is None:
         b0 = rescale(small, inner_start(qb, pb, small.Q, system.n), 2 * h)
     b = newton(small, b0, h=2 * h, tol=1e-7, max_iter=100, sparse=2)[0]  # 2h: as good as the binning
-    return np.interp(x, np.log(pb / qb), b)
+    return np.interp(x, np.log(pb / qb), b) if np.isfinite(b).all() else None
 
 
 def fit_inner(s: dict, n: int, live: np.ndarray, *, h: float, tol: float, max_iter: int) -> dict:
