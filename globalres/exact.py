@@ -449,8 +449,10 @@ def coarse_start(system: System, h: float, width: float = COARSE):
     b0 = coarse_start(small, h, 4 * width)
     if b0 is None:
         b0 = rescale(small, inner_start(qb, pb, small.Q, system.n), 2 * h)
-    b = newton(small, b0, h=2 * h, tol=1e-7, max_iter=100, sparse=2)[0]  # 2h: as good as the binning
-    return np.interp(x, np.log(pb / qb), b) if np.isfinite(b).all() else None
+    b, _, gradient_norm, _ = newton(small, b0, h=2 * h, tol=1e-7, max_iter=20, sparse=2)  # 2h: as good as
+    if not (gradient_norm[-1] <= 1e-5 and np.isfinite(b).all()):  # the binning; a stalled fit: cold start
+        return None
+    return np.interp(x, np.log(pb / qb), b)
 
 
 def fit_inner(s: dict, n: int, live: np.ndarray, *, h: float, tol: float, max_iter: int) -> dict:
@@ -461,10 +463,12 @@ def fit_inner(s: dict, n: int, live: np.ndarray, *, h: float, tol: float, max_it
     system = System(qv[live], pv[live], max(c, 0.0), n, 1)
     with one_blas_thread():
         b0 = coarse_start(system, h)
-        warm = b0 is not None
-        if not warm:
-            b0 = rescale(system, inner_start(system.q, system.target, float(s["Qc"][k_star]), n), 2 * h)
-    return fit_system(system, b0, h=h, tol=tol, max_iter=max_iter, warm=warm)
+        if b0 is not None:
+            fit = fit_system(system, b0, h=h, tol=tol, max_iter=max_iter, warm=True)
+            if fit["converged"]:
+                return fit
+        b0 = rescale(system, inner_start(system.q, system.target, float(s["Qc"][k_star]), n), 2 * h)
+    return fit_system(system, b0, h=h, tol=tol, max_iter=max_iter)
 
 
 def fit_segment(s: dict, n: int, l: int, *, h: float, tol: float, max_iter: int) -> dict:
