@@ -341,6 +341,16 @@ def test_coarse_start_of_a_large_system(n):
     assert exact.coarse_start(exact.System(system.q[:40], system.target[:40], 0.0, n, 1), exact.STEP) is None
 
 
+def test_warm_started_fit_is_lossless_by_enumeration():
+    # 675 inner tokens: the fit starts from `coarse_start`; all 700² draft tuples enumerated
+    p, q = _zipf_top_k(700, 700, seed=3)
+    pb = gr.Problem(p, q, 2)
+    s = exact.layout(p, q, 2)
+    live = np.flatnonzero(s["pv"][: s["k_star"]] > 0)
+    assert exact.coarse_start(exact.System(s["qv"][live], s["pv"][live], 0.0, 2, 1), exact.STEP) is not None
+    assert_valid_plan(gr.solve(pb, method="exact"), acceptance_atol=1e-10, l1_atol=1e-10)
+
+
 # ------------------------------------------------------------------ per token: the observed system only
 def _assert_step_matches_solve(pb):
     plan = gr.solve(pb, method="exact")
