@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from scipy import stats
 
 import globalres as gr
-from globalres import exact
+from globalres import exact, realdata
 from globalres.exact import sample_batch, solve_batch
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -324,30 +324,88 @@ def test_a_coarse_hessian_falls_back_to_the_exact_one(n):
     assert len(coarse_hessian) <= len(exact_hessian) + 4
 
 
+def test_gauss_bins_integrate_degree_five_exactly():
+    # per bin, the 3-point Gauss rule of the measure Σ q_v δ(y_v) integrates polynomials of degree ≤ 5
+    # exactly; bins with ≤ 3 points of support (ties, as float16 logits give) keep their tokens
+    rng = np.random.default_rng(1)
+    y = np.concatenate([rng.normal(0, 3, 4000), np.full(50, 20.1), np.full(40, 20.15), [29.91, 29.93]])
+    q = rng.dirichlet(np.ones(y.size))
+    Y, W = exact.gauss_bins(y, q, 0.2, 3)
+    assert Y.size < y.size / 4 and (W > 0).all()
+    cell, Cell = np.floor(y / 0.2), np.floor(Y / 0.2)
+    assert set(Cell) == set(cell)  # every node lies in its bin
+    for c in np.unique(cell)[::7]:
+        centre = y[cell == c].mean()
+        for degree in range(6):
+            exact_moment = (q[cell == c] * (y[cell == c] - centre) ** degree).sum()
+            np.testing.assert_allclose((W[Cell == c] * (Y[Cell == c] - centre) ** degree).sum(), exact_moment,
+                                       rtol=1e-9, atol=1e-18)
+    assert {20.1, 20.15, 29.91, 29.93} <= set(Y)  # bins of two distinct values keep their tokens
+
+
+def test_ratio_curve_is_the_scalar_equation_of_the_tokens():
+    # y(b) = logit(R(e^b)/R∞) with R(w) = acc/q of a token of weight w: at the tokens' own log-weights it
+    # reproduces acc(v)/q_v of the evaluation it reads φ from, and its derivatives match finite differences
+    system, b = _inner_system(3000, 300, 4, seed=2)
+    here = exact.evaluate(system, b, *exact.grid(np.exp(b), 4, 1, exact.STEP), exact.STEP)
+    top = 4 * system.Q**3
+    y, y_b, y_bb = exact.ratio_curve(system, here, exact.STEP, b)
+    np.testing.assert_allclose(top / (1 + np.exp(-y)), here["acc"] / system.q, rtol=1e-12)
+    eps = 1e-5
+    up, down = (exact.ratio_curve(system, here, exact.STEP, b + s)[0] for s in (eps, -eps))
+    np.testing.assert_allclose((up - down) / (2 * eps), y_b, rtol=1e-6)
+    np.testing.assert_allclose((up - 2 * y + down) / eps**2, y_bb, rtol=1e-3, atol=1e-4)
+
+
+def test_hermite_inverse_of_a_smooth_increasing_curve():
+    # quintic Hermite interpolation of the inverse from values, slopes and curvatures: error ~1e-11 at the
+    # default step 0.05 on a curve far curvier than y(b), and sixth order (halving the step: ~64× smaller)
+    curve = lambda b: b + 0.5 * np.sin(b) + 0.1 * b**2 / (1 + b**2)  # noqa: E731
+    slope = lambda b: 1 + 0.5 * np.cos(b) + 0.2 * b / (1 + b**2) ** 2  # noqa: E731
+    curvature = lambda b: -0.5 * np.sin(b) + 0.2 / (1 + b**2) ** 2 - 0.8 * b**2 / (1 + b**2) ** 3  # noqa: E731
+    b = np.random.default_rng(0).uniform(-2.9, 3.9, 1000)
+    error = {}
+    for step in (0.1, 0.05):
+        bg = np.arange(-3, 4 + step / 2, step)
+        error[step] = np.abs(exact.hermite_inverse(curve(bg), bg, slope(bg), curvature(bg), curve(b)) - b).max()
+    assert error[0.05] < 1e-10 and error[0.1] > 30 * error[0.05]
+
+
 @pytest.mark.parametrize("n", [2, 8])
-def test_coarse_start_of_a_large_system(n):
-    # the start read off the fit of the ratio-binned system is over a hundred times closer than the cold
-    # start, and the fit from it reaches the same accepted masses, certified, in fewer Newton steps
+def test_compressed_start_of_a_large_system(n):
+    # the fit of the Gauss pseudo-tokens (a tenth of the tokens), read off through the scalar equation,
+    # is already optimal for the full system: its first evaluation certifies it, no Newton step needed;
+    # small systems get no compressed start
     system, cold = _inner_system(20000, 2000, n, seed=n)
-    warm = exact.coarse_start(system, exact.STEP)
-    gradient = {name: np.abs(exact.evaluate(system, b, *exact.grid(np.exp(b), n, 1, exact.STEP), exact.STEP)["acc"]
-                             - system.target).sum() for name, b in (("warm", warm), ("cold", cold))}
-    assert gradient["warm"] < 1e-2 * gradient["cold"]
-    from_warm = exact.fit_system(system, warm, tol=1e-12, warm=True)
-    from_cold = exact.fit_system(system, cold, tol=1e-12)
-    assert from_warm["l1"] <= 1e-12 and from_cold["l1"] <= 1e-12
-    np.testing.assert_allclose(from_warm["acc"], from_cold["acc"], rtol=0, atol=2e-12)  # b is flat where w is large
-    assert len(from_warm["gradient_norm"]) < len(from_cold["gradient_norm"])
-    assert exact.coarse_start(exact.System(system.q[:40], system.target[:40], 0.0, n, 1), exact.STEP) is None
+    warm = exact.compressed_start(system, exact.STEP, 1e-13)
+    here = exact.evaluate(system, warm, *exact.grid(np.exp(warm), n, 1, exact.STEP), exact.STEP)
+    assert np.abs(here["acc"] - system.target).sum() <= 1e-11
+    from_warm = exact.fit_system(system, warm, tol=1e-11, warm=True)
+    from_cold = exact.fit_system(system, cold, tol=1e-11)
+    assert len(from_warm["gradient_norm"]) == 1 and from_cold["l1"] <= 1e-11
+    np.testing.assert_allclose(from_warm["acc"], from_cold["acc"], rtol=0, atol=2e-11)
+    assert exact.compressed_start(exact.System(system.q[:200], system.target[:200], 0.0, n, 1), exact.STEP,
+                                  1e-13) is None
+
+
+def test_compressed_start_on_a_real_full_vocabulary_pair():
+    # the bundled SmolLM2 pairs (k = V = 49152, n = 4): certified at the first evaluation of the full system
+    bundle = realdata.load_bundled()
+    for i in (0, 1):
+        p, q = bundle.probs(i)
+        s = exact.layout(p, q, 4)
+        live = np.flatnonzero(s["pv"][: s["k_star"]] > 0)
+        fit = exact.fit_inner(s, 4, live, h=exact.STEP, tol=1e-11, max_iter=100)
+        assert fit["converged"] and len(fit["gradient_norm"]) == 1 and live.size > 20000
 
 
 def test_warm_started_fit_is_lossless_by_enumeration():
-    # 675 inner tokens: the fit starts from `coarse_start`; all 700² draft tuples enumerated
+    # 675 inner tokens: the fit starts from `compressed_start`; all 700² draft tuples enumerated
     p, q = _zipf_top_k(700, 700, seed=3)
     pb = gr.Problem(p, q, 2)
     s = exact.layout(p, q, 2)
     live = np.flatnonzero(s["pv"][: s["k_star"]] > 0)
-    assert exact.coarse_start(exact.System(s["qv"][live], s["pv"][live], 0.0, 2, 1), exact.STEP) is not None
+    assert exact.compressed_start(exact.System(s["qv"][live], s["pv"][live], 0.0, 2, 1), exact.STEP, 1e-13) is not None
     assert_valid_plan(gr.solve(pb, method="exact"), acceptance_atol=1e-10, l1_atol=1e-10)
 
 
