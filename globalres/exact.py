@@ -433,27 +433,40 @@ LARGE = 256  # inner systems with fewer tokens are fitted directly
 
 
 def gauss_bins(y, q, width: float = BIN, m: int = GAUSS):
-    """Nodes Y and weights W of the m-point Gauss rule of the measure Σ_v q_v δ(y_v) within each bin of
-    `width` (Stieltjes' recurrence on the bin's tokens, all bins at once; Golub–Welsch for the nodes).
-    A bin whose measure has fewer than m + 1 points of support keeps its tokens, which is exact."""
-    cell = np.floor(y / width).astype(np.int64)
-    cell -= cell.min()
-    bins = int(cell.max()) + 1
-    mass = np.bincount(cell, q, minlength=bins)
-    centre = np.bincount(cell, q * y, minlength=bins) / np.where(mass > 0, mass, 1.0)
-    z = (y - centre[cell]) / width  # |z| ≤ 1: the recurrence stays well scaled
-    alpha, beta = np.zeros((bins, m)), np.zeros((bins, m))
+    """Nodes Y (increasing) and weights W of the m-point Gauss rule of the measure Σ_v q_v δ(y_v) within
+    each bin of `width` (Stieltjes' recurrence on the bin's tokens, all bins at once; Golub–Welsch for
+    the nodes). Tokens with equal y (ties are common in float16 logits) are one point of the measure, and
+    a bin with fewer than m + 1 points keeps them, which is exact. Bins are runs of the sorted y (inner
+    tokens come sorted), so bin sums are `np.add.reduceat`."""
+    if (y[1:] < y[:-1]).any():
+        order = np.argsort(y, kind="stable")
+        y, q = y[order], q[order]
+    if (y[1:] == y[:-1]).any():
+        first = np.flatnonzero(np.concatenate([[True], y[1:] != y[:-1]]))
+        y, q = y[first], np.add.reduceat(q, first)
+    cell = np.floor(y / width)
+    starts = np.flatnonzero(np.concatenate([[True], cell[1:] != cell[:-1]]))
+    counts = np.diff(np.append(starts, y.size))
+
+    def total(x):
+        return np.add.reduceat(x, starts)
+
+    mass = total(q)
+    centre = total(q * y) / mass
+    z = (y - np.repeat(centre, counts)) / width  # |z| ≤ 1: the recurrence stays well scaled
+    alpha, beta = np.zeros((starts.size, m)), np.zeros((starts.size, m))
     previous, current, norm_before = np.zeros_like(y), np.ones_like(y), mass
-    rich = mass > 0  # bins whose measure has over m points of support
+    rich = counts > m  # bins whose measure has over m points of support
     for j in range(m + 1):
-        norm = np.bincount(cell, q * current * current, minlength=bins)
+        qc2 = q * current * current
+        norm = total(qc2)
         rich &= norm > 1e-24 * mass  # the j-th orthogonal polynomial vanishes on ≤ j points of support
         if j == m:
             break
-        alpha[:, j] = np.bincount(cell, q * z * current * current, minlength=bins) / np.where(norm > 0, norm, 1.0)
+        alpha[:, j] = total(qc2 * z) / np.where(norm > 0, norm, 1.0)
         if j:
             beta[:, j] = norm / np.where(norm_before > 0, norm_before, 1.0)
-        nxt = (z - alpha[cell, j]) * current - beta[cell, j] * previous
+        nxt = (z - np.repeat(alpha[:, j], counts)) * current - np.repeat(beta[:, j], counts) * previous
         previous, current, norm_before = current, nxt, norm
     jacobi = np.zeros((int(rich.sum()), m, m))
     i = np.arange(m)
@@ -461,10 +474,11 @@ def gauss_bins(y, q, width: float = BIN, m: int = GAUSS):
     off = np.sqrt(np.maximum(beta[rich, 1:], 0.0))
     jacobi[:, i[:-1], i[1:]] = jacobi[:, i[1:], i[:-1]] = off
     nodes, vectors = np.linalg.eigh(jacobi)
-    Y = (centre[rich, None] + width * nodes).ravel()
-    W = (mass[rich, None] * vectors[:, 0, :] ** 2).ravel()
-    kept = ~rich[cell]
-    Y, W = np.concatenate([Y, y[kept]]), np.concatenate([W, q[kept]])
+    kept = ~np.repeat(rich, counts)
+    Y = np.concatenate([(centre[rich, None] + width * nodes).ravel(), y[kept]])
+    W = np.concatenate([(mass[rich, None] * vectors[:, 0, :] ** 2).ravel(), q[kept]])
+    order = np.argsort(Y, kind="stable")
+    Y, W = Y[order], W[order]
     return Y[W > 0], W[W > 0]
 
 
@@ -493,20 +507,21 @@ def ratio_curve(system: System, here: dict, h: float, b):
 
 def hermite_inverse(yg, bg, y_b, y_bb, y):
     """B(y) by quintic Hermite interpolation of the inverse of b ↦ y on the grid (bg, yg): values,
-    B' = 1/y_b and B'' = −y_bb/y_b³ at the nodes (interpolation error ~ Δ⁶ B⁽⁶⁾/46080 per interval)."""
-    B1, B2 = 1.0 / y_b, -y_bb / y_b**3
+    B' = 1/y_b and B'' = −y_bb/y_b³ at the nodes (interpolation error ~ Δ⁶ B⁽⁶⁾/46080 per interval),
+    as a polynomial in s = (y − yg_k)/Δ_k per interval, so a token costs one gather and a Horner sum."""
+    d = np.diff(yg)
+    D, S = d / y_b[:-1], -d * d * y_bb[:-1] / y_b[:-1] ** 3  # Δ·B' and Δ²·B'' at the left ends
+    D1, S1 = d / y_b[1:], -d * d * y_bb[1:] / y_b[1:] ** 3  # and at the right ends
+    f0, f1 = bg[:-1], bg[1:]
+    jump = f1 - f0
+    coefficients = np.stack([f0, D, S / 2,
+                             10 * jump - 6 * D - 4 * D1 - 1.5 * S + 0.5 * S1,
+                             -15 * jump + 8 * D + 7 * D1 + 1.5 * S - S1,
+                             6 * jump - 3 * D - 3 * D1 - 0.5 * S + 0.5 * S1], axis=1)
     k = np.clip(np.searchsorted(yg, y) - 1, 0, yg.size - 2)
-    d = yg[k + 1] - yg[k]
-    s = (y - yg[k]) / d
-    s2 = s * s
-    s3 = s2 * s
-    H0 = 1 - s3 * (10 - 15 * s + 6 * s2)
-    H1 = s - s3 * (6 - 8 * s + 3 * s2)
-    H2 = 0.5 * s2 - s3 * (1.5 - 1.5 * s + 0.5 * s2)
-    H3 = s3 * (0.5 - s + 0.5 * s2)
-    H4 = -s3 * (4 - 7 * s + 3 * s2)
-    return (bg[k] * H0 + bg[k + 1] * (1 - H0) + d * (B1[k] * H1 + B1[k + 1] * H4)
-            + d * d * (B2[k] * H2 + B2[k + 1] * H3))
+    s = (y - yg[k]) / d[k]
+    c = coefficients[k]
+    return c[:, 0] + s * (c[:, 1] + s * (c[:, 2] + s * (c[:, 3] + s * (c[:, 4] + s * c[:, 5]))))
 
 
 def compressed_start(system: System, h: float, tol: float, width: float = BIN):

@@ -328,7 +328,7 @@ def test_gauss_bins_integrate_degree_five_exactly():
     # per bin, the 3-point Gauss rule of the measure Σ q_v δ(y_v) integrates polynomials of degree ≤ 5
     # exactly; bins with ≤ 3 points of support (ties, as float16 logits give) keep their tokens
     rng = np.random.default_rng(1)
-    y = np.concatenate([rng.normal(0, 3, 4000), np.full(50, 20.1), np.full(40, 20.15), [29.91, 29.93]])
+    y = np.concatenate([rng.normal(0, 3, 4000), np.full(50, 20.1), np.full(40, 20.15), [29.91, 29.93], np.full(300, 2.05)])
     q = rng.dirichlet(np.ones(y.size))
     Y, W = exact.gauss_bins(y, q, 0.2, 3)
     assert Y.size < y.size / 4 and (W > 0).all()
@@ -389,14 +389,15 @@ def test_compressed_start_of_a_large_system(n):
 
 
 def test_compressed_start_on_a_real_full_vocabulary_pair():
-    # the bundled SmolLM2 pairs (k = V = 49152, n = 4): certified at the first evaluation of the full system
+    # bundled SmolLM2 pairs (k = V = 49152, n = 4; float16 logits, so many tokens tie): certified at the
+    # first evaluation of the full system (pairs 10 and 11 failed before ties became one point of the measure)
     bundle = realdata.load_bundled()
-    for i in (0, 1):
+    for i in range(12):
         p, q = bundle.probs(i)
         s = exact.layout(p, q, 4)
         live = np.flatnonzero(s["pv"][: s["k_star"]] > 0)
         fit = exact.fit_inner(s, 4, live, h=exact.STEP, tol=1e-11, max_iter=100)
-        assert fit["converged"] and len(fit["gradient_norm"]) == 1 and live.size > 20000
+        assert fit["converged"] and len(fit["gradient_norm"]) == 1 and live.size > 20000, i
 
 
 def test_warm_started_fit_is_lossless_by_enumeration():
