@@ -29,6 +29,11 @@ damped Newton in log-weights. The integrals use the trapezoid rule in s = log t:
 entire in s and bounded in the strip |Im s| < π/2, so its error is at most β(h)·acc(v) a priori
 (`strip_bound`, 1e-15 at the default step), and the certificates need no second, finer pass.
 
+Large inner systems (k = 1000 to V) are not fitted token by token: at the optimum every token's
+log-weight is one smooth function of y = logit(p/(q n Qⁿ⁻¹)), so the fit of a few hundred Gauss
+pseudo-tokens (`gauss_bins`), read off through that function (`compressed_start`), is already optimal
+for all of them to ~1e-14, and one evaluation of the full system certifies it.
+
 References: Thomas & Pal, arXiv 2511.15898, Thm 5.1 (the two systems), Thm 6.2 (outer targets),
 Thms 6.4–6.5 (the convex programs, here without truncation).
 """
@@ -482,26 +487,35 @@ def gauss_bins(y, q, width: float = BIN, m: int = GAUSS):
     return Y[W > 0], W[W > 0]
 
 
+def ratio_range(system: System) -> tuple[float, float]:
+    """(R0, R∞): the range of R(w) = acc/q of a token of weight w, from w → 0 to w → ∞: (0, n Qⁿ⁻¹) in
+    the inner system, (n cⁿ⁻¹, n Qⁿ⁻¹) in a segment (φ → c far right, φ(0) = Q)."""
+    n = system.n
+    return (0.0 if system.c0 == 1 else n * system.c ** (n - 1)), n * system.Q ** (n - 1)
+
+
 def ratio_curve(system: System, here: dict, h: float, b):
-    """y(b) = logit(R(e^b)/R∞) and its first two derivatives in b, from the kernel of an `evaluate`
-    result of an inner system (R(w) = acc/q of a token of weight w: `integrals`, left tail included)."""
-    n, Q, t, kernel = system.n, system.Q, here["t"], here["kernel"]
+    """y(b) = logit((R(e^b) − R0)/(R∞ − R0)) and its first two derivatives in b, from the kernel of an
+    `evaluate` result (R(w) = acc/q of a token of weight w: `integrals`, left tail included)."""
+    n, c0, Q, t, kernel = system.n, system.c0, system.Q, here["t"], here["kernel"]
     w = np.exp(b)
     E = exponentials(w, t)
     S0, S1, S2 = (E @ np.stack([kernel, t * kernel, t * t * kernel], axis=1)).T
     r1, r2, _ = tail_sums(h)
     t0 = float(t[0])
-    L = h * t0 * Q ** (n - 1) * (r1 - t0 * r2 * (1 + w + (n - 1) * here["m"] / Q))
+    L = h * t0 * Q ** (n - 1) * (r1 - t0 * r2 * (c0 + w + (n - 1) * here["m"] / Q))
     dL = -h * t0**2 * Q ** (n - 1) * r2
     R = n * w * (S0 + L)
     R_w = n * (S0 - w * S1 + L + w * dL)
     R_ww = n * (w * S2 - 2 * S1 + 2 * dL)
     R_b, R_bb = w * R_w, w * R_w + w * w * R_ww
-    top = n * Q ** (n - 1)
-    gap = top - R  # R∞ − R rounds where R ≈ R∞, but there R barely moves with b: harmless (module notes)
-    y = np.log(R) - np.log(gap)
-    y_b = R_b * top / (R * gap)
-    y_bb = R_bb * top / (R * gap) - R_b**2 * top * (top - 2 * R) / (R * gap) ** 2
+    bottom, top = ratio_range(system)
+    # R − R0 and R∞ − R round where R nears an end, but there R barely moves with b: harmless
+    below, gap = R - bottom, top - R
+    y = np.log(below) - np.log(gap)
+    scale = (top - bottom) / (below * gap)
+    y_b = R_b * scale
+    y_bb = R_bb * scale + R_b**2 * (2 * R - bottom - top) * scale**2 / (top - bottom)
     return y, y_b, y_bb
 
 
@@ -525,25 +539,30 @@ def hermite_inverse(yg, bg, y_b, y_bb, y):
 
 
 def compressed_start(system: System, h: float, tol: float, width: float = BIN):
-    """A start for a large inner system (module notes above): the fit of its Gauss pseudo-tokens
-    (to `tol`, from the same kind of start with bins four times wider when it is large itself),
-    read off at every token through the inverse of y(b) from that fit's φ. None when the system is
-    small, the bins do not halve it, or the pseudo fit fails."""
-    n, G = system.n, system.q.size
-    if G < LARGE:
+    """A start for a large system (module notes above): the fit of its Gauss pseudo-tokens (to `tol`,
+    from the same kind of start with bins four times wider when it is large itself), read off at every
+    token through the inverse of y(b) from that fit's φ. A segment's pseudo-system is pinned at its
+    largest target, like the segment. None when the system is small, the bins do not halve it, or the
+    pseudo fit fails."""
+    n, G, c0 = system.n, system.q.size, system.c0
+    bottom, top = ratio_range(system)
+    if G < LARGE or not top > bottom:  # n = 1 segments: R is constant, any weights do
         return None
-    top = n * system.Q ** (n - 1)
-    r = np.clip(system.target / (system.q * top), 1e-300, 1.0 - 1e-15)
+    r = np.clip((system.target / system.q - bottom) / (top - bottom), 1e-300, 1.0 - 1e-15)
     y = np.log(r) - np.log1p(-r)
     Y, W = gauss_bins(y, system.q, width)
     if 2 * Y.size > G:
         return None
-    small = System(W, W * top / (1.0 + np.exp(-Y)), system.c, n, 1)
+    small = System(W, W * (bottom + (top - bottom) / (1.0 + np.exp(-Y))), system.c, n, c0)
+    pin = None if c0 == 1 else int(np.argmax(small.target))
     b0 = compressed_start(small, h, tol, 4 * width)
     warm = b0 is not None
     if not warm:
-        b0 = rescale(small, inner_start(small.q, small.target, small.Q, n), 2 * h)
-    fit = fit_system(small, b0, h=h, tol=tol, max_iter=40, warm=warm)
+        b0 = rescale(small, inner_start(small.q, small.target, small.Q, n), 2 * h) if c0 == 1 else \
+            np.log(small.target / small.q)
+    if pin is not None:
+        b0 = b0 - b0[pin]
+    fit = fit_system(small, b0, h=h, tol=tol, max_iter=40, pin=pin, warm=warm)
     if not (fit["converged"] and np.isfinite(fit["b"]).all()):
         return None
     here = fit["evaluation"]
@@ -581,14 +600,20 @@ def fit_inner(s: dict, n: int, live: np.ndarray, *, h: float, tol: float, max_it
 
 def fit_segment(s: dict, n: int, l: int, *, h: float, tol: float, max_iter: int) -> dict:
     """`fit_system` of outer segment l of layout `s` (at least two tokens), log-weights pinned at
-    the token of largest target and started at log(t/q)."""
+    the token of largest target, from `compressed_start` when the segment is large, else from log(t/q)."""
     span = np.arange(s["ends"][l], s["starts"][l])
     tq, tt = s["qv"][span], s["targets"][span]
     pin = int(np.argmax(tt))
+    system = System(tq, tt, float(s["Qc"][s["ends"][l]]), n, 0)
+    with one_blas_thread():
+        b0 = compressed_start(system, h, tol / 10)
+        if b0 is not None:
+            fit = fit_system(system, b0 - b0[pin], h=h, tol=tol, max_iter=max_iter, pin=pin, warm=True)
+            if fit["converged"]:
+                return fit
     with np.errstate(divide="ignore"):
         b0 = np.log(np.maximum(tt, 1e-300) / tq)
-    return fit_system(System(tq, tt, float(s["Qc"][s["ends"][l]]), n, 0), b0 - b0[pin], h=h, tol=tol,
-                      max_iter=max_iter, pin=pin)
+    return fit_system(system, b0 - b0[pin], h=h, tol=tol, max_iter=max_iter, pin=pin)
 
 
 # ------------------------------------------------------------------------------------ structure

@@ -386,6 +386,28 @@ def test_compressed_start_of_a_large_system(n):
     np.testing.assert_allclose(from_warm["acc"], from_cold["acc"], rtol=0, atol=2e-11)
     assert exact.compressed_start(exact.System(system.q[:200], system.target[:200], 0.0, n, 1), exact.STEP,
                                   1e-13) is None
+    # 300 tokens whose ratios lie in 300 different bins cannot be compressed: no start, the plain fit runs
+    spread = 0.5 * np.exp(-0.21 * np.arange(300)) / n  # p/q: y steps of 0.21 > the bin width 0.2
+    q = np.full(300, 1 / 300)
+    assert exact.compressed_start(exact.System(q, q * spread, 0.0, n, 1), exact.STEP, 1e-13) is None
+
+
+def test_compressed_start_of_a_large_segment():
+    # α* = 1 here and the whole draft support (3000 tokens) is one outer segment: its Gauss pseudo-segment,
+    # pinned like it, certifies the segment at the first evaluation and gives the accepted masses of the
+    # cold fit (the segment's gauge is free, so masses are compared, not weights)
+    p, q = _zipf_top_k(3000, 3000, seed=1)
+    s = exact.layout(p, q, 4)
+    assert s["k_star"] == 0 and s["starts"][0] - s["ends"][0] == 3000
+    warm = exact.fit_segment(s, 4, 0, h=exact.STEP, tol=1e-11, max_iter=100)
+    assert warm["converged"] and len(warm["gradient_norm"]) == 1
+    span = np.arange(s["ends"][0], s["starts"][0])
+    system = exact.System(s["qv"][span], s["targets"][span], float(s["Qc"][s["ends"][0]]), 4, 0)
+    pin = int(np.argmax(system.target))
+    b0 = np.log(system.target / system.q)
+    cold = exact.fit_system(system, b0 - b0[pin], tol=1e-11, pin=pin)
+    assert cold["converged"] and len(cold["gradient_norm"]) > 3
+    np.testing.assert_allclose(warm["acc"], cold["acc"], rtol=0, atol=2e-11)
 
 
 def test_compressed_start_on_a_real_full_vocabulary_pair():
