@@ -553,7 +553,10 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
     Y, W = gauss_bins(y, system.q, width)
     if 2 * Y.size > G:
         return None
-    small = System(W, W * (bottom + (top - bottom) / (1.0 + np.exp(-Y))), system.c, n, c0)
+    target = W * (bottom + (top - bottom) / (1.0 + np.exp(-Y)))
+    if c0 == 0:  # a segment accepts Qⁿ − cⁿ whatever its weights: targets off that sum leave a gradient floor
+        target *= (system.Q**n - system.c**n) / target.sum()
+    small = System(W, target, system.c, n, c0)
     pin = None if c0 == 1 else int(np.argmax(small.target))
     b0 = compressed_start(small, h, tol, 4 * width)
     warm = b0 is not None

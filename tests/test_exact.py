@@ -410,6 +410,50 @@ def test_compressed_start_of_a_large_segment():
     np.testing.assert_allclose(warm["acc"], cold["acc"], rtol=0, atol=2e-11)
 
 
+@pytest.mark.parametrize("case", range(12))
+def test_compressed_start_agrees_with_the_cold_fit(case):
+    # seeded random large problems (600-3000 tokens, n from 1 to 64, flat to peaked laws, float16-like
+    # ties, zero-target tokens in H*): the inner system and the largest segment, fitted from the compressed
+    # start, reach the accepted masses of the cold fit, and the start exists wherever it can
+    rng = np.random.default_rng(100 + case)
+    V, n = int(rng.integers(600, 3000)), [1, 2, 3, 8, 16, 64][case % 6]
+    concentration = [0.1, 0.3, 1.0, 5.0][case % 4]
+    p = rng.dirichlet(np.full(V, concentration))
+    q = 0.7 * p + 0.3 * rng.dirichlet(np.full(V, concentration))
+    if case % 3 == 0:  # log-probabilities rounded to 1/8 nat: many ties
+        p = np.exp(np.round(np.log(p) * 8) / 8)
+    if case % 4 == 1:  # a few drafted tokens the target never emits
+        p[rng.choice(V, V // 20, replace=False)] = 0.0
+    p /= p.sum()
+    s = exact.layout(p, q, n)
+    h, tol = exact.STEP, 1e-11
+    systems = []
+    live = np.flatnonzero(s["pv"][: s["k_star"]] > 0)
+    if live.size >= exact.LARGE:
+        c = float(s["qv"][: s["k_star"]].sum() - s["qv"][live].sum())
+        inner = exact.System(s["qv"][live], s["pv"][live], max(c, 0.0), n, 1)
+        cold = exact.fit_system(inner, exact.rescale(inner, exact.inner_start(inner.q, inner.target, inner.Q, n), 2 * h),
+                                tol=tol)
+        systems.append((inner, exact.fit_inner(s, n, live, h=h, tol=tol, max_iter=100), cold))
+    sizes = s["starts"] - s["ends"]
+    if sizes.size and sizes.max() >= exact.LARGE:
+        l = int(np.argmax(sizes))
+        span = np.arange(s["ends"][l], s["starts"][l])
+        segment = exact.System(s["qv"][span], s["targets"][span], float(s["Qc"][s["ends"][l]]), n, 0)
+        pin = int(np.argmax(segment.target))
+        b0 = np.log(np.maximum(segment.target, 1e-300) / segment.q)
+        cold = exact.fit_system(segment, b0 - b0[pin], tol=tol, pin=pin)
+        systems.append((segment, exact.fit_segment(s, n, l, h=h, tol=tol, max_iter=100), cold))
+    assert systems, "no large system: the case does not test the compressed start"
+    for system, warm, cold in systems:
+        assert warm["converged"] and cold["converged"]
+        np.testing.assert_allclose(warm["acc"], cold["acc"], rtol=0, atol=4e-11)
+        # no start where the bins cannot halve the system (Dirichlet(0.1): ratios spread over e^±30) or
+        # for an n = 1 segment (R is constant: any weights do)
+        if concentration >= 0.3 and (system.c0 == 1 or n > 1):
+            assert exact.compressed_start(system, h, tol / 10) is not None
+
+
 def test_compressed_start_on_a_real_full_vocabulary_pair():
     # bundled SmolLM2 pairs (k = V = 49152, n = 4; float16 logits, so many tokens tie): certified at the
     # first evaluation of the full system (pairs 10 and 11 failed before ties became one point of the measure)
