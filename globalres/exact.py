@@ -29,10 +29,11 @@ damped Newton in log-weights. The integrals use the trapezoid rule in s = log t:
 entire in s and bounded in the strip |Im s| < π/2, so its error is at most β(h)·acc(v) a priori
 (`strip_bound`, 1e-15 at the default step), and the certificates need no second, finer pass.
 
-Large inner systems (k = 1000 to V) are not fitted token by token: at the optimum every token's
-log-weight is one smooth function of y = logit(p/(q n Qⁿ⁻¹)), so the fit of a few hundred Gauss
-pseudo-tokens (`gauss_bins`), read off through that function (`compressed_start`), is already optimal
-for all of them to ~1e-14, and one evaluation of the full system certifies it.
+Large systems (k = 1000 to V; the inner one, or a large segment) are not fitted token by token: at the
+optimum every token's log-weight is one smooth function of y = logit(p/(q n Qⁿ⁻¹)) (inner; `ratio_range`
+for segments), so the fit of a few hundred Gauss pseudo-tokens (`gauss_bins`), read off through that
+function (`compressed_start`), is already optimal for all of them to ~1e-14, and one evaluation of the
+full system certifies it.
 
 References: Thomas & Pal, arXiv 2511.15898, Thm 5.1 (the two systems), Thm 6.2 (outer targets),
 Thms 6.4–6.5 (the convex programs, here without truncation).
@@ -422,10 +423,11 @@ def inner_start(q, p, Q, n):
     return np.log(r) - np.log1p(-r)
 
 
-# --------------------------------------------------------------- large inner systems: a compressed start
-# Every inner token solves the same scalar equation given φ (design §4): acc(v)/q_v = R(w_v) with
-# R(w) = n w ∫ e^{−t(1+w)} φ^{n−1} dt, increasing from 0 to R∞ = n Q^{n−1}. So at the optimum b_v = B(y_v),
-# one smooth increasing function of y_v = logit(p_v / (q_v R∞)) (nearly b_v + const: exact for n = 1), and
+# ---------------------------------------------------------------------- large systems: a compressed start
+# Every token of a system solves the same scalar equation given φ (design §4): acc(v)/q_v = R(w_v) with
+# R(w) = n w ∫ e^{−t(c0+w)} φ^{n−1} dt, increasing from R0 (0 inner, n c^{n−1} in a segment) to
+# R∞ = n Q^{n−1}. So at the optimum b_v = B(y_v), one smooth increasing function of
+# y_v = logit((p_v/q_v − R0)/(R∞ − R0)) (nearly b_v + const: exact for an inner system with n = 1), and
 # φ = c + Σ_v q_v e^{−t exp B(y_v)} is an integral of a smooth function of y against the measure Σ q_v δ(y_v).
 # A Gauss rule per bin of y reproduces that integral, so a system of pseudo-tokens (the Gauss nodes, with
 # the Gauss weights as draft mass) has nearly the same φ and the same B. Measured on the bench pairs: the
@@ -434,7 +436,7 @@ def inner_start(q, p, Q, n):
 BIN = 0.2  # bin width in y of `compressed_start`
 GAUSS = 3  # Gauss nodes per bin: the rule is exact for polynomials of degree 5 in y within a bin
 CURVE = 0.05  # grid step in b on which R is tabulated for the inverse B (quintic Hermite: error ~1e-14)
-LARGE = 256  # inner systems with fewer tokens are fitted directly
+LARGE = 256  # systems with fewer tokens are fitted directly
 
 
 def gauss_bins(y, q, width: float = BIN, m: int = GAUSS):

@@ -328,7 +328,8 @@ def test_gauss_bins_integrate_degree_five_exactly():
     # per bin, the 3-point Gauss rule of the measure Σ q_v δ(y_v) integrates polynomials of degree ≤ 5
     # exactly; bins with ≤ 3 points of support (ties, as float16 logits give) keep their tokens
     rng = np.random.default_rng(1)
-    y = np.concatenate([rng.normal(0, 3, 4000), np.full(50, 20.1), np.full(40, 20.15), [29.91, 29.93], np.full(300, 2.05)])
+    y = np.concatenate([rng.normal(0, 3, 4000), np.full(50, 20.1), np.full(40, 20.15), [29.91, 29.93],
+                        np.full(300, 2.05)])
     q = rng.dirichlet(np.ones(y.size))
     Y, W = exact.gauss_bins(y, q, 0.2, 3)
     assert Y.size < y.size / 4 and (W > 0).all()
@@ -432,8 +433,8 @@ def test_compressed_start_agrees_with_the_cold_fit(case):
     if live.size >= exact.LARGE:
         c = float(s["qv"][: s["k_star"]].sum() - s["qv"][live].sum())
         inner = exact.System(s["qv"][live], s["pv"][live], max(c, 0.0), n, 1)
-        cold = exact.fit_system(inner, exact.rescale(inner, exact.inner_start(inner.q, inner.target, inner.Q, n), 2 * h),
-                                tol=tol)
+        start = exact.rescale(inner, exact.inner_start(inner.q, inner.target, inner.Q, n), 2 * h)
+        cold = exact.fit_system(inner, start, tol=tol)
         systems.append((inner, exact.fit_inner(s, n, live, h=h, tol=tol, max_iter=100), cold))
     sizes = s["starts"] - s["ends"]
     if sizes.size and sizes.max() >= exact.LARGE:
