@@ -431,7 +431,7 @@ def inner_start(q, p, Q, n):
 # φ = c + Σ_v q_v e^{−t exp B(y_v)} is an integral of a smooth function of y against the measure Σ q_v δ(y_v).
 # A Gauss rule per bin of y reproduces that integral, so a system of pseudo-tokens (the Gauss nodes, with
 # the Gauss weights as draft mass) has nearly the same φ and the same B. Measured on the bench pairs: the
-# full system's gradient at the weights read off it is 1e-16 to 1e-13 (k = 1000 and k = V, bins 0.2 wide, 3
+# full system's gradient at the weights read off it is 1e-16 to 1e-12 (k = 1000 and k = V, bins 0.2 wide, 3
 # nodes), below the fit tolerance, so the full system is evaluated once, as the certificate.
 BIN = 0.2  # bin width in y of `compressed_start`
 GAUSS = 3  # Gauss nodes per bin: the rule is exact for polynomials of degree 5 in y within a bin
