@@ -160,26 +160,37 @@ def exponentials(w: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.exp(E, out=E)
 
 
-def integrals(system: System, w, E, t, h):
+def integrals(system: System, w, E, t, h, dt=None):
     """acc(v) = n q_v w_v ∫ e^{−t(c0+w_v)} φ^{n−1} dt by the trapezoid rule in s = log t on nodes t (step h),
-    from E = e^{−t w} (G, K); with φ and the kernel h t e^{−c0 t} φ^{n−1} for the Hessian.
+    from E = e^{−t w} (G, K); with φ and the kernel h t e^{−c0 t} φ^{n−1} for the Hessian (dt: the
+    weights h t e^{−c0 t}, when the caller has them).
 
     Nodes left of t_lo = t[0] enter through g(t) = g0 + g1 t + O(t²), the acc(v) integrand in t:
     h Σ_i t_i g(t_i) = h t_lo (g0 ρ1 + g1 t_lo ρ2), g0 = n q w Q^{n−1}, g1 = −g0 (c0 + w + (n−1) m/Q),
-    m = Σ q w. The remainder is at most h g0 κ² t_lo³ ρ3 / 2 (g/g0 = E e^{−tX}, 0 ≤ X ≤ κ): `left_bound`.
+    m = Σ q w; that is q w (a − b w) with scalars a, b (`left_tail`). The remainder is at most
+    h g0 κ² t_lo³ ρ3 / 2 (g/g0 = E e^{−tX}, 0 ≤ X ≤ κ): `left_bound`.
     """
-    n, c0, Q = system.n, system.c0, system.Q
-    phi = system.c + system.q @ E
-    dt = h * t * np.exp(-c0 * t)
+    n = system.n
+    phi = system.q @ E
+    phi += system.c
+    if dt is None:
+        dt = h * t * np.exp(-system.c0 * t)
     kernel = dt * phi ** (n - 1)
     kernel[kernel < FLUSH] = 0.0
     qw = system.q * w
     m = float(qw.sum())
-    r1, r2, _ = tail_sums(h)
-    g0 = n * qw * Q ** (n - 1)
-    left = h * t[0] * g0 * (r1 - t[0] * r2 * (c0 + w + (n - 1) * m / Q))
     Ek = E @ kernel
-    return dict(acc=n * qw * Ek + left, phi=phi, kernel=kernel, dt=dt, qw=qw, m=m, g0=g0, Ek=Ek, left=left)
+    a, b = left_tail(system, m, float(t[0]), h)
+    acc = (n * Ek + (a - b * w)) * qw
+    return dict(acc=acc, phi=phi, kernel=kernel, dt=dt, qw=qw, m=m, Ek=Ek)
+
+
+def left_tail(system: System, m: float, t0: float, h: float) -> tuple[float, float]:
+    """(a, b) with h Σ_{t_i < t0} t_i g(t_i) = q w (a − b w) to first order in t (see `integrals`)."""
+    n, Q = system.n, system.Q
+    r1, r2, _ = tail_sums(h)
+    scale = h * t0 * n * Q ** (n - 1)
+    return scale * (r1 - t0 * r2 * (system.c0 + (n - 1) * m / Q)), scale * t0 * r2
 
 
 def left_bound(system: System, w, t_lo: float, h: float) -> float:
@@ -207,6 +218,17 @@ def nodes(lo: int, hi: int, h: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4096)
+def node_table(lo: int, hi: int, h: float, c0: int):
+    """On the nodes t = `nodes`(lo, hi, h): the weights dt = h t e^{−c0 t} of the acc integrals, e^{−t}
+    (for F and the rejected mass) and Σ (e^{−t} − 1) (F of a segment); read-only, shared."""
+    t = nodes(lo, hi, h)
+    dt, decay = h * t * np.exp(-c0 * t), np.exp(-t)
+    for a in (dt, decay):
+        a.setflags(write=False)
+    return dt, decay, float(np.expm1(-t).sum())
+
+
+@functools.lru_cache(maxsize=4096)
 def right_sum(hi: int, h: float) -> float:
     """Σ_{k>hi} e^{−t_k}, t_k = e^{kh}: right of the grid φ = c to within TAIL, so F's integrand is
     (Qⁿ − cⁿ) e^{−t} there (for both c0). F needs it: unlike acc, F's integrand decays only like e^{−t}."""
@@ -220,50 +242,71 @@ def rescale(system: System, b, h: float):
 
     When the weights are large (near-tight systems, design §5b) R ≈ e^{−λ} E[1/S], and Newton in
     log-weights moves their common shift only about one unit per step; log R is nearly linear in λ
-    there, so a few 1-D steps (one pass of exponentials each) take the start to the right scale.
+    there, so 1-D steps take the start to the right scale. They are cheap: φ_λ(t) = φ_0(t e^λ), so
+    with φ_0 tabulated once on s_k = e^{kh}, R(λ) is the trapezoid sum on the nodes t_k = s_k e^{−λ}
+    (the rule is as accurate on a shifted grid): one pass of exponentials in all.
     """
     n, q, c, Q = system.n, system.q, system.c, system.Q
     wanted = Q**n - float(system.target.sum())
     if not wanted > c**n:  # tuples of zero-weight tokens are always rejected: R ≥ cⁿ
         return b
-    lam = 0.0
+    w = np.exp(b)
+    # φ_0(s) = Q − s m + O(s²) left of s_lo and c to within TAIL·Q right of s_hi
+    lo = math.floor(math.log(LEFT / (n * float(w.max()))) / h)
+    hi = max(math.ceil(math.log(math.log(n / TAIL) / max(float(w.min()), 1e-300)) / h), lo + 1)
+    s = nodes(lo, hi, h)
+    power = system.q @ exponentials(w, s)
+    power += c
+    power **= n
+    lam, left = 0.0, h * float(s[0]) * tail_sums(h)[0] * Q**n
     for _ in range(30):
-        w = np.exp(b + lam)
-        lo, hi = grid(w, n, 1, h)
-        t = np.exp(h * np.arange(lo, max(hi, math.ceil(math.log(50.0) / h)) + 1))  # e^{−t} ≤ 2e−22 past 50
-        E = exponentials(w, t)
-        phi, psi = c + q @ E, (q * w) @ E
-        a = h * t * np.exp(-t)
-        R = float(a @ phi**n) + h * t[0] * tail_sums(h)[0] * Q**n
-        slope = -n * float((a * t * phi ** (n - 1)) @ psi) / R  # d log R / dλ < 0
+        t = s * math.exp(-lam)
+        a = t * np.exp(-t)
+        a *= h
+        t_hi = float(t[-1])
+        R = float(a @ power) + math.exp(-lam) * left + c**n * math.exp(-t_hi)
+        slope = float((a * (t - 1.0)) @ power) - math.exp(-lam) * left + c**n * t_hi * math.exp(-t_hi)
         miss = math.log(wanted / R)
-        if abs(miss) < 0.05 or not slope < 0:
+        step = miss * R / slope if slope < 0 else 0.0  # d log R / dλ = slope / R < 0
+        lam += min(max(step, -20.0), 20.0)
+        if abs(miss) < 3e-2 or not slope < 0:
             break
-        lam += min(max(miss / slope, -20.0), 20.0)
     return b + lam
 
 
-def evaluate(system: System, b, lo: int, hi: int, h: float):
-    """acc(v) (the gradient of F is acc − target) and F at log-weights b on the nodes t_k = e^{kh},
-    k = lo..hi, with E = e^{−t w}, t and φ for `hessian`.
+def evaluate(system: System, b, lo: int, hi: int, h: float, w=None):
+    """acc(v), the gradient g = acc − target of F and its norm ‖g‖₁, and F at log-weights b on the
+    nodes t_k = e^{kh}, k = lo..hi, with E = e^{−t w}, t and φ for `hessian` (w = e^b when known).
 
     F(b) = ∫ [A e^{−t} − e^{−c0 t}(φⁿ − (1 − c0) cⁿ)] dt/t − Σ target·b (module docstring); its
     integrand is t (n Q^{n−1} m − (1 − c0)(Qⁿ − cⁿ)) + O(t²) left of the grid.
     """
     n, c0, c, Q = system.n, system.c0, system.c, system.Q
-    w = np.exp(b)
+    if w is None:
+        w = np.exp(b)
     t = nodes(lo, hi, h)
+    dt, decay, drop = node_table(lo, hi, h, c0)
     E = exponentials(w, t)
-    out = integrals(system, w, E, t, h)
-    phi = out["phi"]
+    out = integrals(system, w, E, t, h, dt)
     # φⁿ − Qⁿ = Qⁿ expm1(n log1p(D/Q)), D = φ − Q: steers the line search only, so D's rounding is harmless
     # (and so is the floor −1 + 2⁻⁵² that keeps log1p finite where φ = 0)
-    grow = Q**n * np.expm1(n * np.log1p(np.maximum(phi / Q - 1.0, -1.0 + 2.0**-52)))
-    integrand = -np.exp(-t) * grow if c0 == 1 else (Q**n - c**n) * np.expm1(-t) - grow
-    first = n * Q ** (n - 1) * out["m"] - (1 - c0) * (Q**n - c**n)
-    F = h * (float(integrand.sum()) + t[0] * tail_sums(h)[0] * first + (Q**n - c**n) * right_sum(hi, h)) \
-        - float(np.dot(system.target, b))
-    return dict(out, F=F, E=E, t=t, w=w)
+    grow = np.maximum(out["phi"] * (1.0 / Q) - 1.0, -1.0 + 2.0**-52)
+    np.log1p(grow, out=grow)
+    grow *= n
+    np.expm1(grow, out=grow)
+    Qn, cn = Q**n, c**n
+    integral = -Qn * float(decay @ grow) if c0 == 1 else (Qn - cn) * drop - Qn * float(grow.sum())
+    first = n * Q ** (n - 1) * out["m"] - (1 - c0) * (Qn - cn)
+    F = h * (integral + float(t[0]) * tail_sums(h)[0] * first + (Qn - cn) * right_sum(hi, h)) \
+        - float(system.target @ b)
+    g = out["acc"] - system.target
+    return dict(out, F=F, E=E, t=t, w=w, g=g, gnorm=float(np.abs(g).sum()))
+
+
+def evaluate_at(system: System, b, h: float):
+    """`evaluate` on the nodes `grid` gives for weights e^b."""
+    w = np.exp(b)
+    return evaluate(system, b, *grid(w, system.n, system.c0, h), h, w)
 
 
 def hessian(system: System, here: dict, h: float, every: int = 1):
@@ -276,20 +319,24 @@ def hessian(system: System, here: dict, h: float, every: int = 1):
     through m = Σ q w): ~1e-8 of acc, there so that this is exactly the Hessian of the discretised F
     (on the bench pairs, leaving them out changed no Newton iteration count).
     """
-    n, c0, Q = system.n, system.c0, system.Q
-    w, t, E, qw, g0 = here["w"], here["t"], here["E"], here["qw"], here["g0"]
+    n, Q = system.n, system.Q
+    w, t, E, qw = here["w"], here["t"], here["E"], here["qw"]
     H, keep = every * h, slice(None, None, every)
-    kernel = np.zeros_like(t)  # the step-H rule's weights, zero off its nodes: products over the whole
-    kernel[keep] = every * here["kernel"][keep]  # (contiguous) E, 5× faster than over a strided view
-    # d = n q w ∫ e^{−t(c0+w)} (1 − t w) φ^{n−1}, plus the left tail as in `integrals`
-    r1, r2, _ = tail_sums(H)
-    t0 = float(t[0])
-    left = H * t0 * g0 * (r1 - t0 * r2 * (c0 + w + (n - 1) * here["m"] / Q))
-    d = n * qw * (E @ kernel - w * (E @ (t * kernel))) + left - H * t0**2 * r2 * g0 * w
-    tk = t[keep]
-    C = n * (n - 1) * every * here["dt"][keep] * tk * here["phi"][keep] ** (n - 2) if n >= 2 else np.zeros_like(tk)
-    C[C < FLUSH] = 0.0
-    gamma = H * t0**2 * r2 * n * (n - 1) * Q ** (n - 2) if n >= 2 else 0.0
+    if every == 1:
+        kernel, S0 = here["kernel"], here["Ek"]
+    else:
+        kernel = np.zeros_like(t)  # the step-H rule's weights, zero off its nodes: products over the whole
+        kernel[keep] = every * here["kernel"][keep]  # (contiguous) E, 5× faster than over a strided view
+        S0 = E @ kernel
+    # d = n q w ∫ e^{−t(c0+w)} (1 − t w) φ^{n−1}, plus the derivative of the left tail q w (a − b w)
+    a, b = left_tail(system, here["m"], float(t[0]), H)
+    d = (n * (S0 - w * (E @ (t * kernel))) + (a - 2.0 * b * w)) * qw
+    if n >= 2:
+        C = (n * (n - 1) * every) * (here["dt"][keep] * t[keep]) * here["phi"][keep] ** (n - 2)
+        C[C < FLUSH] = 0.0
+        gamma = b * (n - 1) / Q  # from ∂a/∂m (∂m/∂b = q w): the rank-one term
+    else:
+        C, gamma = np.zeros(t[keep].size), 0.0
     return d, C, gamma, E[:, keep]
 
 
@@ -304,26 +351,34 @@ def newton_direction(g, d, E, qw, C, gamma=0.0) -> np.ndarray:
     sigma = s * qw
     Y = E * sigma[:, None]  # W = [Y diag(√C), σ √γ]
     np.maximum(Y, FLUSH, out=Y)  # no denormal products in the Gram matrix; changes it by < 1e-290
-    root = np.sqrt(np.maximum(np.append(C, gamma), 0.0))
-    r = -s * g
+    root, rg = np.sqrt(np.maximum(C, 0.0)), math.sqrt(max(gamma, 0.0))
+    r = s * g
+    r *= -1.0
     G, K = Y.shape
     if G <= K + 1:
-        W = np.column_stack([Y, sigma]) * root
-        A, rhs = -(W @ W.T), r
+        Y *= root
+        A, rhs = Y @ Y.T, r
+        if rg:
+            A += (gamma * sigma)[:, None] * sigma
+        A *= -1.0
     else:
         A = np.empty((K + 1, K + 1))
         A[:K, :K] = Y.T @ Y
         A[:K, K] = A[K, :K] = Y.T @ sigma
         A[K, K] = sigma @ sigma
-        A *= -np.outer(root, root)
-        rhs = root * np.append(r @ Y, r @ sigma)
+        scale = np.empty(K + 1)
+        scale[:K], scale[K] = root, rg
+        A *= scale[:, None] * -scale
+        rhs = np.empty(K + 1)
+        rhs[:K], rhs[K] = r @ Y, r @ sigma
+        rhs *= scale
     A.flat[:: A.shape[0] + 1] += 1.0 + 1e-13  # the segment gauge is pinned; 1e-13 only guards round-off
     y, info = lapack.dgesv(A, rhs)[2:]  # LAPACK directly: np.linalg.solve costs ~20 µs more per call
     if info != 0:
         y = np.linalg.lstsq(A, rhs, rcond=None)[0]
     if G <= K + 1:
         return s * y
-    y = root * y
+    y *= scale
     return s * (r + Y @ y[:K] + sigma * y[K])
 
 
@@ -338,23 +393,24 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
     Newton step when full steps are taken.
     Returns b, the objective and gradient norm per iteration, and the evaluation at b.
     """
-    target, n, c0 = system.target, system.n, system.c0
-    b = np.clip(np.asarray(b0, dtype=np.float64), -700.0, 700.0)
-    free = slice(None) if pin is None else np.arange(b.size) != pin  # a slice: no copies of E
-    here = evaluate(system, b, *grid(np.exp(b), n, c0, h), h)
+    b = np.minimum(np.maximum(np.asarray(b0, dtype=np.float64), -700.0), 700.0)
+    free = None if pin is None else np.arange(b.size) != pin
+    here = evaluate_at(system, b, h)
     objective, gradient_norm = [here["F"]], []
     while len(gradient_norm) < max_iter:
-        g = here["acc"] - target
-        gnorm = float(np.abs(g).sum())
+        g, gnorm = here["g"], here["gnorm"]
         gradient_norm.append(gnorm)
         if gnorm <= tol:
             break
         if len(gradient_norm) > 1 and gnorm > 0.1 * gradient_norm[-2]:
             sparse = 1
         d, C, gamma, E = hessian(system, here, h, sparse)
-        step = np.zeros_like(b)
-        step[free] = newton_direction(g[free], d[free], E[free], here["qw"][free], C, gamma)
-        there = line_search(system, b, step, here, g, h) if np.isfinite(step).all() else None
+        if free is None:
+            step = newton_direction(g, d, E, here["qw"], C, gamma)
+        else:
+            step = np.zeros_like(b)
+            step[free] = newton_direction(g[free], d[free], E[free], here["qw"][free], C, gamma)
+        there = line_search(system, b, step, here, h) if np.isfinite(step).all() else None
         if there is None:
             if sparse == 1:
                 break
@@ -366,19 +422,20 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
     return b, objective[: len(gradient_norm)], gradient_norm, here
 
 
-def line_search(system: System, b, step, here, g, h):
+def line_search(system: System, b, step, here, h):
     """Backtracking from the full Newton step (capped at MAX_LOG_STEP): the accepted (b, evaluation),
-    or None. Accepts on Armijo's condition on F or on a smaller gradient: near the optimum F changes
+    or None. Accepts on a smaller gradient or on Armijo's condition on F: near the optimum F changes
     below round-off."""
-    biggest = np.abs(step).max()
+    biggest = float(np.abs(step).max())
     if biggest > MAX_LOG_STEP:
         step = step * (MAX_LOG_STEP / biggest)
-    slope, gnorm = float(np.dot(g, step)), float(np.abs(g).sum())
+    slope, gnorm = float(here["g"] @ step), here["gnorm"]
     size = 1.0
     for _ in range(40):
-        trial = np.clip(b + size * step, -700.0, 700.0)
-        there = evaluate(system, trial, *grid(np.exp(trial), system.n, system.c0, h), h)
-        if there["F"] <= here["F"] + 1e-4 * size * slope or np.abs(there["acc"] - system.target).sum() < gnorm:
+        trial = b + size * step
+        np.minimum(np.maximum(trial, -700.0, out=trial), 700.0, out=trial)
+        there = evaluate_at(system, trial, h)
+        if there["gnorm"] < gnorm or there["F"] <= here["F"] + 1e-4 * size * slope:
             return trial, there
         size /= 2
     return None
@@ -386,6 +443,7 @@ def line_search(system: System, b, step, here, g, h):
 
 SMALL = 128  # systems of at most this many tokens skip the 2h phase: their cost is per call (k = 100: 10% less)
 ROUGH = 1e-6  # ‖∇F‖₁ the step-2h phase of `fit_system` stops at: about where the 2h rule's own error lies
+EXACT_HESSIAN = 32  # systems of at most this many tokens take the step-h Hessian at once: its cost is per call
 
 
 def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None, warm=False):
@@ -407,7 +465,7 @@ def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None,
             b, objective, gradient_norm, _ = newton(system, b0, h=2 * h, tol=max(tol, ROUGH), max_iter=max_iter,
                                                     pin=pin, sparse=2)
         b, more_objective, more_gradient, here = newton(system, b, h=h, tol=tol, max_iter=max_iter, pin=pin,
-                                                        sparse=2)
+                                                        sparse=1 if system.q.size <= EXACT_HESSIAN else 2)
     acc, t = here["acc"], here["t"]
     return dict(b=b, acc=acc, l1=float(np.abs(acc - system.target).sum()),
                 quadrature=quadrature_bound(system, acc, np.exp(b), t, h),
