@@ -693,18 +693,19 @@ def layout(p: np.ndarray, q: np.ndarray, n: int) -> dict:
     """
     support = np.flatnonzero(q > 0)
     qs, ps = q[support], p[support]
-    with np.errstate(divide="ignore"):
-        ratio = np.where(ps > 0, qs / np.where(ps > 0, ps, 1.0), np.inf)
-    order = np.argsort(-ratio)  # SIMD quicksort: 1 ms at k = 49152, where the stable sort takes 3.6 ms
-    ranked = ratio[order]
+    minus_ratio = np.divide(qs, ps, out=np.full(qs.size, np.inf), where=ps > 0)
+    minus_ratio *= -1.0
+    order = np.argsort(minus_ratio)  # SIMD quicksort: 1 ms at k = 49152, where the stable sort takes 3.6 ms
+    ranked = minus_ratio[order]
     if (ranked[1:] == ranked[:-1]).any():  # ties (common in float16 logits) in token order, as stable sorts
         run = np.concatenate([[0], np.cumsum(ranked[1:] != ranked[:-1])])
-        order = order[np.argsort(run * ratio.size + order)]
+        order = order[np.argsort(run * ranked.size + order)]
     tokens, qv, pv = support[order], qs[order], ps[order]
-    Pc = np.concatenate([[0.0], np.cumsum(pv)])
-    Qc = np.minimum(np.concatenate([[0.0], np.cumsum(qv)]), 1.0)
+    Pc, Qc = np.zeros(pv.size + 1), np.zeros(pv.size + 1)
+    np.cumsum(pv, out=Pc[1:])
+    np.minimum(np.cumsum(qv, out=Qc[1:]), 1.0, out=Qc[1:])
     psi = Pc - Qc**n
-    k_star = int(np.flatnonzero(psi <= psi.min() + TIE)[0])
+    k_star = int(np.argmax(psi <= psi.min() + TIE))
     later = np.append(np.minimum.accumulate(psi[::-1])[::-1][1:], np.inf)  # min of ψ over longer prefixes
     records = np.flatnonzero(psi[k_star:] <= later[k_star:] + TIE)[::-1] + k_star
     ends, starts = records[1:], records[:-1]  # segment l: positions ends[l] .. starts[l] − 1
@@ -724,12 +725,38 @@ def residual_law(p: np.ndarray, q: np.ndarray, s: dict) -> tuple[np.ndarray, flo
 
     α* = 1 leaves nothing to reject into; then ρ = p (any law will do for the certified tiny
     rejected mass)."""
-    tokens, pv, k_star = s["tokens"], s["pv"], s["k_star"]
-    residual = np.where(q > 0, 0.0, p)  # never-drafted tokens only receive residual
-    residual[tokens[k_star:]] = pv[k_star:] - s["targets"][k_star:]
-    residual = np.maximum(residual, 0.0)
+    residual = residual_mass(p, q, s)
     wanted = float(residual.sum())  # 1 − α*: the rejected mass of an exact fit
     return (residual / wanted if wanted > 0 else p.copy()), wanted
+
+
+def residual_mass(p: np.ndarray, q: np.ndarray, s: dict) -> np.ndarray:
+    """p − t, unnormalised: p on never-drafted tokens, p − t(v) ≥ 0 on the outer drafted ones, 0 on H*."""
+    tokens, k_star = s["tokens"], s["k_star"]
+    residual = np.where(q > 0, 0.0, p)  # never-drafted tokens only receive residual
+    residual[tokens[k_star:]] = np.maximum(s["pv"][k_star:] - s["targets"][k_star:], 0.0)
+    return residual
+
+
+BLOCK = 256  # block length of `draw`
+
+
+def draw(weights: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw from weights ≥ 0 (not all 0) with u uniform in [0, 1): the first index whose
+    cumulative sum exceeds u·Σ weights. Two levels, block sums then one block's cumulative sum: cumsum
+    does not vectorise, so a draw over V = 32k tokens costs ~10 µs instead of ~90 µs. Where rounding
+    puts u past the end of the sums, the draw is the last positive weight: never a zero-weight index."""
+    starts = np.arange(0, weights.size, BLOCK)
+    sums = np.add.reduceat(weights, starts)
+    cumulative = np.cumsum(sums)
+    u = u * float(cumulative[-1])
+    j = int(np.searchsorted(cumulative, u, side="right"))
+    if j == starts.size:
+        j = int(np.flatnonzero(sums)[-1])
+    block = weights[starts[j]: starts[j] + BLOCK]
+    inside = np.cumsum(block)
+    i = int(np.searchsorted(inside, u - (float(cumulative[j - 1]) if j else 0.0), side="right"))
+    return int(starts[j]) + (i if i < block.size else int(np.flatnonzero(block)[-1]))
 
 
 # ------------------------------------------------------------------------------------ the rule
@@ -1040,9 +1067,8 @@ def sample(problem: Problem, drafts, rng: np.random.Generator, *, tol: float = 1
     info["accepted"] = bool(u < cumulative[-1])
     if info["accepted"]:
         return int(x[min(int(np.searchsorted(cumulative, u, side="right")), x.size - 1)]), info
-    rho, _ = residual_law(problem.p, problem.q, parts["s"])
-    cumulative = np.cumsum(rho)
-    return int(min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), rho.size - 1)), info
+    residual = residual_mass(problem.p, problem.q, parts["s"])
+    return draw(residual if residual.any() else problem.p, rng.random()), info  # α* = 1: any law will do
 
 
 # ------------------------------------------------------------------------ torch: batched fast path

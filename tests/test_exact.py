@@ -543,6 +543,24 @@ def test_step_samples_from_its_conditional():
     assert stats.chisquare(counts[keep], 4000 * pi[keep] / pi[keep].sum()).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("V", [5, 256, 1000, 32000])
+def test_draw_is_the_inverse_cdf_and_never_picks_a_zero_weight(V):
+    # the two-level draw of `sample`'s rejection branch is the plain inverse CDF except where rounding
+    # of the two summation orders moves u across a cumulative boundary, and never a zero-weight token
+    rng = np.random.default_rng(V)
+    w = rng.random(V) * (rng.random(V) < 0.3)
+    w[: V // 3] = 0.0  # whole blocks of zeros, and a zero tail after the last positive weight
+    w[V // 2] = 1.0
+    w[-(V // 4 + 1):] = 0.0
+    u = np.append(np.linspace(0.0, 1.0, 4001)[:-1], [1.0 - 2.0**-53])
+    drawn = np.array([exact.draw(w, x) for x in u])
+    assert (w[drawn] > 0).all()
+    cdf = np.cumsum(w) / w.sum()
+    plain = np.minimum(np.searchsorted(cdf, u, side="right"), V - 1)
+    near_a_boundary = np.abs(cdf[np.minimum(plain, drawn)] - u) < 1e-12
+    assert ((drawn == plain) | near_a_boundary).all()
+
+
 def test_step_fails_loudly_and_checks_inputs():
     pb = gr.Problem.random(5, 3, seed=4)
     h_star = gr.solve(pb, method="exact").h_star
