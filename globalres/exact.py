@@ -59,6 +59,7 @@ STEP = 0.25  # trapezoid step in s = log t: β(0.25) ≈ 1e-15 relative (0.5: 2e
 TAIL = 1e-18  # mass the truncated right end of the s-range may drop from the integrals
 LEFT = 1e-4  # left end t_lo = LEFT/κ; the nodes left of it are summed analytically (see `tail_sums`)
 MAX_LOG_STEP = 8.0  # a Newton step moves no log-weight further than this (a trust region)
+MAX_TOKEN_STEP = 2.0  # the same for the per-token step of `rescale`, with φ frozen
 # Denormal numbers (below 2.2e-308) cost ~100× a normal multiply-add on x86: the Gram matrix of a
 # k = 1000 fit took 0.49 ms with 0.2% denormal entries and 0.17 ms without. So e^{−x} is taken with
 # x ≤ EXP_CAP (e^−345 ≈ 1e-150: every product of two such numbers stays normal) and K-vectors of
@@ -237,14 +238,16 @@ def right_sum(hi: int, h: float) -> float:
 
 
 def rescale(system: System, b, h: float):
-    """b + λ with λ such that the inner system's rejected mass R(λ) = ∫ e^{−t} φ_λ(t)ⁿ dt (weights
-    e^λ w) equals its exact value Qⁿ − Σ target, by Newton on log R (a start for `fit_system`).
+    """A start for the inner system from log-weights b: b + λ, λ such that its rejected mass
+    R(λ) = ∫ e^{−t} φ_λ(t)ⁿ dt (weights e^λ w) equals its exact value Qⁿ − Σ target (Newton on log R),
+    then with that φ frozen one Newton step per token on acc(v) = target(v).
 
     When the weights are large (near-tight systems, design §5b) R ≈ e^{−λ} E[1/S], and Newton in
     log-weights moves their common shift only about one unit per step; log R is nearly linear in λ
     there, so 1-D steps take the start to the right scale. They are cheap: φ_λ(t) = φ_0(t e^λ), so
     with φ_0 tabulated once on s_k = e^{kh}, R(λ) is the trapezoid sum on the nodes t_k = s_k e^{−λ}
-    (the rule is as accurate on a shifted grid): one pass of exponentials in all.
+    (the rule is as accurate on a shifted grid), and the token step reuses E = e^{−s w}. On the bench
+    pairs the token step cuts ‖∇F‖₁ at the start ~20× (to ~3e-5), about one Newton step fewer.
     """
     n, q, c, Q = system.n, system.q, system.c, system.Q
     wanted = Q**n - float(system.target.sum())
@@ -255,23 +258,33 @@ def rescale(system: System, b, h: float):
     lo = math.floor(math.log(LEFT / (n * float(w.max()))) / h)
     hi = max(math.ceil(math.log(math.log(n / TAIL) / max(float(w.min()), 1e-300)) / h), lo + 1)
     s = nodes(lo, hi, h)
-    power = system.q @ exponentials(w, s)
-    power += c
-    power **= n
-    lam, left = 0.0, h * float(s[0]) * tail_sums(h)[0] * Q**n
+    E = exponentials(w, s)
+    phi = q @ E
+    phi += c
+    power = phi ** (n - 1)
+    phi *= power  # φⁿ
+    lam, left = 0.0, h * float(s[0]) * tail_sums(h)[0]
     for _ in range(30):
         t = s * math.exp(-lam)
         a = t * np.exp(-t)
         a *= h
-        t_hi = float(t[-1])
-        R = float(a @ power) + math.exp(-lam) * left + c**n * math.exp(-t_hi)
-        slope = float((a * (t - 1.0)) @ power) - math.exp(-lam) * left + c**n * t_hi * math.exp(-t_hi)
+        R = float(a @ phi) + math.exp(-lam) * left * Q**n + c**n * math.exp(-float(t[-1]))
+        slope = float((a * (t - 1.0)) @ phi) - math.exp(-lam) * left * Q**n + c**n * float(t[-1]) * math.exp(-float(t[-1]))
         miss = math.log(wanted / R)
         step = miss * R / slope if slope < 0 else 0.0  # d log R / dλ = slope / R < 0
         lam += min(max(step, -20.0), 20.0)
         if abs(miss) < 3e-2 or not slope < 0:
             break
-    return b + lam
+    # acc(v) = n q w̃ Σ_k h t_k e^{−t_k(1 + w̃)} φ^{n−1}(t_k) + left tail, w̃ = e^λ w, e^{−t_k w̃} = E on t = s e^{−λ}
+    t = s * math.exp(-lam)
+    kernel = h * t * np.exp(-t) * power
+    S0, S1 = E @ kernel, E @ (t * kernel)
+    wt = w * math.exp(lam)
+    first = n * S0 + math.exp(-lam) * left * n * Q ** (n - 1)
+    acc, slope = q * wt * first, q * wt * (first - n * wt * S1)  # slope: ∂acc/∂b with φ frozen
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = np.where(slope > 0, (system.target - acc) / slope, 0.0)
+    return b + lam + np.clip(np.nan_to_num(step), -MAX_TOKEN_STEP, MAX_TOKEN_STEP)
 
 
 def evaluate(system: System, b, lo: int, hi: int, h: float, w=None):
