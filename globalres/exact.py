@@ -282,9 +282,9 @@ def rescale(system: System, b, h: float):
     wt = w * math.exp(lam)
     first = n * S0 + math.exp(-lam) * left * n * Q ** (n - 1)
     acc, slope = q * wt * first, q * wt * (first - n * wt * S1)  # slope: ∂acc/∂b with φ frozen
-    with np.errstate(divide="ignore", invalid="ignore"):
-        step = np.where(slope > 0, (system.target - acc) / slope, 0.0)
-    return b + lam + np.clip(np.nan_to_num(step), -MAX_TOKEN_STEP, MAX_TOKEN_STEP)
+    step = np.divide(system.target - acc, slope, out=np.zeros_like(acc), where=slope > 0)
+    np.minimum(np.maximum(step, -MAX_TOKEN_STEP, out=step), MAX_TOKEN_STEP, out=step)
+    return b + lam + (step if np.isfinite(step).all() else 0.0)
 
 
 def evaluate(system: System, b, lo: int, hi: int, h: float, w=None):
@@ -362,37 +362,33 @@ def newton_direction(g, d, E, qw, C, gamma=0.0) -> np.ndarray:
     # a coarse rule's d can be ≤ 0 where the true one is tiny: the floor keeps the scaling finite
     s = 1.0 / np.sqrt(np.maximum(d, max(1e-20 * float(d.max()), 1e-300)))
     sigma = s * qw
-    Y = E * sigma[:, None]  # W = [Y diag(√C), σ √γ]
-    np.maximum(Y, FLUSH, out=Y)  # no denormal products in the Gram matrix; changes it by < 1e-290
-    root, rg = np.sqrt(np.maximum(C, 0.0)), math.sqrt(max(gamma, 0.0))
+    G, K = E.shape
+    W = np.empty((G, K + 1))  # d^{-1/2} [U, qw]; the columns' factors [√C, √γ] are `root`
+    np.multiply(E, sigma[:, None], out=W[:, :K])
+    W[:, K] = sigma
+    np.maximum(W, FLUSH, out=W)  # no denormal products in the Gram matrix; changes it by < 1e-290
+    root = np.empty(K + 1)
+    np.maximum(C, 0.0, out=root[:K])
+    root[K] = max(gamma, 0.0)
+    np.sqrt(root, out=root)
     r = s * g
     r *= -1.0
-    G, K = Y.shape
     if G <= K + 1:
-        Y *= root
-        A, rhs = Y @ Y.T, r
-        if rg:
-            A += (gamma * sigma)[:, None] * sigma
-        A *= -1.0
+        W *= root
+        A, rhs = W @ W.T, r
     else:
-        A = np.empty((K + 1, K + 1))
-        A[:K, :K] = Y.T @ Y
-        A[:K, K] = A[K, :K] = Y.T @ sigma
-        A[K, K] = sigma @ sigma
-        scale = np.empty(K + 1)
-        scale[:K], scale[K] = root, rg
-        A *= scale[:, None] * -scale
-        rhs = np.empty(K + 1)
-        rhs[:K], rhs[K] = r @ Y, r @ sigma
-        rhs *= scale
+        A = W.T @ W
+        A *= root[:, None] * root
+        rhs = (r @ W) * root
+    A *= -1.0
     A.flat[:: A.shape[0] + 1] += 1.0 + 1e-13  # the segment gauge is pinned; 1e-13 only guards round-off
     y, info = lapack.dgesv(A, rhs)[2:]  # LAPACK directly: np.linalg.solve costs ~20 µs more per call
     if info != 0:
         y = np.linalg.lstsq(A, rhs, rcond=None)[0]
     if G <= K + 1:
         return s * y
-    y *= scale
-    return s * (r + Y @ y[:K] + sigma * y[K])
+    y *= root
+    return s * (r + W @ y)
 
 
 # ------------------------------------------------------------------------------------ one system
@@ -505,17 +501,18 @@ def inner_start(q, p, Q, n):
 # full system's gradient at the weights read off it is 1e-16 to 1e-12 (k = 1000 and k = V, bins 0.2 wide, 3
 # nodes), below the fit tolerance, so the full system is evaluated once, as the certificate.
 BIN = 0.2  # bin width in y of `compressed_start`
-GAUSS = 3  # Gauss nodes per bin: the rule is exact for polynomials of degree 5 in y within a bin
 CURVE = 0.05  # grid step in b on which R is tabulated for the inverse B (quintic Hermite: error ~1e-14)
 LARGE = 256  # systems with fewer tokens are fitted directly
 
 
-def gauss_bins(y, q, width: float = BIN, m: int = GAUSS):
-    """Nodes Y (increasing) and weights W of the m-point Gauss rule of the measure Σ_v q_v δ(y_v) within
-    each bin of `width` (Stieltjes' recurrence on the bin's tokens, all bins at once; Golub–Welsch for
-    the nodes). Tokens with equal y (ties are common in float16 logits) are one point of the measure, and
-    a bin with fewer than m + 1 points keeps them, which is exact. Bins are runs of the sorted y (inner
-    tokens come sorted), so bin sums are `np.add.reduceat`."""
+def gauss_bins(y, q, width: float = BIN):
+    """Nodes Y (increasing) and weights W of the 3-point Gauss rule of the measure Σ_v q_v δ(y_v) within
+    each bin of `width`. Per bin, in z = (y − mean)/std: the moments E[z³..z⁶] (one `reduceat` over all
+    bins) give the monic orthogonal polynomials p1 = z, p2 = z² − s3 z − 1 and p3, whose roots (the
+    cubic's trigonometric solution, polished by one Newton step) are the nodes and whose Christoffel
+    numbers 1/(1 + p1² + p2²/‖p2‖²) are the weights. Tokens with equal y (ties are common in float16
+    logits) are one point of the measure, and a bin with at most 3 points keeps them, which is exact.
+    Bins are runs of the sorted y (inner tokens come sorted), so bin sums are `np.add.reduceat`."""
     if (y[1:] < y[:-1]).any():
         order = np.argsort(y, kind="stable")
         y, q = y[order], q[order]
@@ -525,36 +522,34 @@ def gauss_bins(y, q, width: float = BIN, m: int = GAUSS):
     cell = np.floor(y / width)
     starts = np.flatnonzero(np.concatenate([[True], cell[1:] != cell[:-1]]))
     counts = np.diff(np.append(starts, y.size))
-
-    def total(x):
-        return np.add.reduceat(x, starts)
-
-    mass = total(q)
-    centre = total(q * y) / mass
-    z = (y - np.repeat(centre, counts)) / width  # |z| ≤ 1: the recurrence stays well scaled
-    alpha, beta = np.zeros((starts.size, m)), np.zeros((starts.size, m))
-    previous, current, norm_before = np.zeros_like(y), np.ones_like(y), mass
-    rich = counts > m  # bins whose measure has over m points of support
-    for j in range(m + 1):
-        qc2 = q * current * current
-        norm = total(qc2)
-        rich &= norm > 1e-24 * mass  # the j-th orthogonal polynomial vanishes on ≤ j points of support
-        if j == m:
-            break
-        alpha[:, j] = total(qc2 * z) / np.where(norm > 0, norm, 1.0)
-        if j:
-            beta[:, j] = norm / np.where(norm_before > 0, norm_before, 1.0)
-        nxt = (z - np.repeat(alpha[:, j], counts)) * current - np.repeat(beta[:, j], counts) * previous
-        previous, current, norm_before = current, nxt, norm
-    jacobi = np.zeros((int(rich.sum()), m, m))
-    i = np.arange(m)
-    jacobi[:, i, i] = alpha[rich]
-    off = np.sqrt(np.maximum(beta[rich, 1:], 0.0))
-    jacobi[:, i[:-1], i[1:]] = jacobi[:, i[1:], i[:-1]] = off
-    nodes, vectors = np.linalg.eigh(jacobi)
+    mass = np.add.reduceat(q, starts)
+    centre = np.add.reduceat(q * y, starts) / mass
+    z = y - np.repeat(centre, counts)
+    spread = np.sqrt(np.add.reduceat(q * z * z, starts) / mass)
+    z /= np.repeat(np.where(spread > 0, spread, 1.0), counts)
+    powers = np.empty((4, y.size))
+    np.multiply(q * z, z * z, out=powers[0])
+    for j in (1, 2, 3):
+        np.multiply(powers[j - 1], z, out=powers[j])
+    s3, s4, s5, s6 = np.add.reduceat(powers, starts, axis=1) / mass  # E[z^j], with E[z] = 0, E[z²] = 1
+    norm2 = s4 - s3 * s3 - 1.0  # ‖p2‖² = β2
+    rich = (counts > 3) & (spread > 0) & (norm2 > 1e-9)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha2 = (s5 - 2.0 * s3 * s4 + s3**3) / norm2
+        norm3 = s6 - 2.0 * s3 * s5 + (s3 * s3 - 2.0) * s4 + 2.0 * s3 * s3 + 1.0 - alpha2 * alpha2 * norm2 - norm2 * norm2
+    rich &= norm3 > 1e-9 * norm2  # p3 vanishes on a measure of 3 points: keep those tokens
+    s3, alpha2, norm2 = s3[rich, None], alpha2[rich, None], norm2[rich, None]
+    # p3 = (z − α2) p2 − β2 z = z³ + a z² + b z + c
+    a, b, c = -(s3 + alpha2), alpha2 * s3 - 1.0 - norm2, alpha2
+    p, r = b - a * a / 3.0, 2.0 * a**3 / 27.0 - a * b / 3.0 + c  # z = u − a/3: u³ + p u + r = 0, p < 0
+    angle = np.arccos(np.clip(1.5 * r / p * np.sqrt(-3.0 / p), -1.0, 1.0)) / 3.0
+    x = 2.0 * np.sqrt(-p / 3.0) * np.cos(angle - (2.0 * math.pi / 3.0) * np.arange(3)) - a / 3.0
+    x -= (((x + a) * x + b) * x + c) / ((3.0 * x + 2.0 * a) * x + b)
+    p2 = (x - s3) * x - 1.0
+    weights = 1.0 / (1.0 + x * x + p2 * p2 / norm2)
     kept = ~np.repeat(rich, counts)
-    Y = np.concatenate([(centre[rich, None] + width * nodes).ravel(), y[kept]])
-    W = np.concatenate([(mass[rich, None] * vectors[:, 0, :] ** 2).ravel(), q[kept]])
+    Y = np.concatenate([(centre[rich, None] + spread[rich, None] * x).ravel(), y[kept]])
+    W = np.concatenate([(mass[rich, None] * weights).ravel(), q[kept]])
     order = np.argsort(Y, kind="stable")
     Y, W = Y[order], W[order]
     return Y[W > 0], W[W > 0]
@@ -621,7 +616,10 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
     bottom, top = ratio_range(system)
     if G < LARGE or not top > bottom:  # n = 1 segments: R is constant, any weights do
         return None
-    r = np.clip((system.target / system.q - bottom) / (top - bottom), 1e-300, 1.0 - 1e-15)
+    # p/q as 1/(q/p), q/p the key `layout` sorts by: y comes out sorted and equal ratios give equal y
+    # (p/q itself breaks ties by an ulp, and sorting 30k nearly sorted y cost 0.26 ms at k = V)
+    with np.errstate(divide="ignore"):
+        r = np.clip((1.0 / (system.q / system.target) - bottom) / (top - bottom), 1e-300, 1.0 - 1e-15)
     y = np.log(r) - np.log1p(-r)
     Y, W = gauss_bins(y, system.q, width)
     if 2 * Y.size > G:
@@ -658,38 +656,72 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
 
 
 def fit_inner(s: dict, n: int, live: np.ndarray, *, h: float, tol: float, max_iter: int) -> dict:
-    """`fit_system` of the inner system of layout `s` (live: H* positions with p > 0), from
-    `compressed_start` when the system is large (its first evaluation is then usually the certificate),
-    else from the scale-corrected start of `inner_start`."""
+    """`fit_system` of the inner system of layout `s` (live: H* positions with p > 0), its tied tokens
+    merged (`merge_ties`), from `compressed_start` when the system is large (its first evaluation is then
+    usually the certificate), else from the scale-corrected start of `inner_start`."""
     qv, pv, k_star = s["qv"], s["pv"], s["k_star"]
     c = float(qv[:k_star].sum() - qv[live].sum())
-    system = System(qv[live], pv[live], max(c, 0.0), n, 1)
-    with one_blas_thread():
-        b0 = compressed_start(system, h, tol / 10)
-        if b0 is not None:
-            fit = fit_system(system, b0, h=h, tol=tol, max_iter=max_iter, warm=True)
-            if fit["converged"]:
-                return fit
-        b0 = rescale(system, inner_start(system.q, system.target, float(s["Qc"][k_star]), n), 2 * h)
-    return fit_system(system, b0, h=h, tol=tol, max_iter=max_iter)
+
+    def fit(system):
+        with one_blas_thread():
+            b0 = compressed_start(system, h, tol / 10)
+            if b0 is not None:
+                out = fit_system(system, b0, h=h, tol=tol, max_iter=max_iter, warm=True)
+                if out["converged"]:
+                    return out
+            b0 = rescale(system, inner_start(system.q, system.target, system.Q, n), 2 * h)
+        return fit_system(system, b0, h=h, tol=tol, max_iter=max_iter)
+
+    return merge_ties(System(qv[live], pv[live], max(c, 0.0), n, 1), fit)
 
 
 def fit_segment(s: dict, n: int, l: int, *, h: float, tol: float, max_iter: int) -> dict:
-    """`fit_system` of outer segment l of layout `s` (at least two tokens), log-weights pinned at
-    the token of largest target, from `compressed_start` when the segment is large, else from log(t/q)."""
+    """`fit_system` of outer segment l of layout `s` (at least two tokens), its tied tokens merged,
+    log-weights pinned at the token of largest target, from `compressed_start` when the segment is
+    large, else from log(t/q)."""
     span = np.arange(s["ends"][l], s["starts"][l])
-    tq, tt = s["qv"][span], s["targets"][span]
-    pin = int(np.argmax(tt))
-    system = System(tq, tt, float(s["Qc"][s["ends"][l]]), n, 0)
-    with one_blas_thread():
-        b0 = compressed_start(system, h, tol / 10)
-        if b0 is not None:
-            fit = fit_system(system, b0 - b0[pin], h=h, tol=tol, max_iter=max_iter, pin=pin, warm=True)
-            if fit["converged"]:
-                return fit
+
+    def fit(system):
+        pin = int(np.argmax(system.target))
+        with one_blas_thread():
+            b0 = compressed_start(system, h, tol / 10)
+            if b0 is not None:
+                out = fit_system(system, b0 - b0[pin], h=h, tol=tol, max_iter=max_iter, pin=pin, warm=True)
+                if out["converged"]:
+                    return out
+        with np.errstate(divide="ignore"):
+            b0 = np.log(np.maximum(system.target, 1e-300) / system.q)
+        return fit_system(system, b0 - b0[pin], h=h, tol=tol, max_iter=max_iter, pin=pin)
+
+    return merge_ties(System(s["qv"][span], s["targets"][span], float(s["Qc"][s["ends"][l]]), n, 0), fit)
+
+
+MERGE = 0.9  # systems whose distinct ratios t/q number under this fraction of their tokens are merged
+
+
+def merge_ties(system: System, fit):
+    """`fit`(system), fitting one token per run of equal q/t (systems come in `layout` order, sorted
+    by q/p; ties are common with float16 or bfloat16 logits: the real k = V pairs have ~300 distinct
+    ratios among 31k tokens).
+
+    Tokens with the same ratio have the same optimal weight: acc(v)/q_v = R(w_v) with R increasing
+    (given φ) must equal t_v/q_v. And with equal weights a run enters φ only through its total draft
+    mass, so the merged system (masses and targets summed per run) has the same φ, the same weights,
+    and acc(v) = q_v · acc_run/q_run exactly: its fit is the full system's, and the certificate's
+    ‖acc − t‖₁ is taken over the tokens (it differs from the runs' only by the ulp-level spread of
+    t/q inside a run)."""
     with np.errstate(divide="ignore"):
-        b0 = np.log(np.maximum(tt, 1e-300) / tq)
-    return fit_system(system, b0 - b0[pin], h=h, tol=tol, max_iter=max_iter, pin=pin)
+        ratio = system.q / system.target
+    first = np.flatnonzero(np.concatenate([[True], ratio[1:] != ratio[:-1]]))
+    if first.size >= MERGE * ratio.size:
+        return fit(system)
+    merged = System(np.add.reduceat(system.q, first), np.add.reduceat(system.target, first), system.c,
+                    system.n, system.c0)
+    out = fit(merged)
+    counts = np.diff(np.append(first, ratio.size))
+    acc = np.repeat(out["acc"] / merged.q, counts) * system.q
+    return dict(out, b=np.repeat(out["b"], counts), acc=acc, l1=float(np.abs(acc - system.target).sum()),
+                merged=merged.q.size)
 
 
 # ------------------------------------------------------------------------------------ structure
