@@ -737,24 +737,30 @@ def layout(p: np.ndarray, q: np.ndarray, n: int) -> dict:
     mass M_l = Qc[R_l]ⁿ − Qc[R_{l+1}]ⁿ; its target is p but at position R_{l+1} (its chain end).
     """
     support = np.flatnonzero(q > 0)
-    qs, ps = q[support], p[support]
+    qs, ps = (q, p) if support.size == q.size else (q[support], p[support])
     minus_ratio = np.divide(qs, ps, out=np.full(qs.size, np.inf), where=ps > 0)
     minus_ratio *= -1.0
     order = np.argsort(minus_ratio)  # SIMD quicksort: 1 ms at k = 49152, where the stable sort takes 3.6 ms
     ranked = minus_ratio[order]
     if (ranked[1:] == ranked[:-1]).any():  # ties (common in float16 logits) in token order, as stable sorts
-        run = np.concatenate([[0], np.cumsum(ranked[1:] != ranked[:-1])])
-        order = order[np.argsort(run * ranked.size + order)]
+        run = np.zeros(order.size, dtype=np.int64)
+        np.cumsum(ranked[1:] != ranked[:-1], out=run[1:])
+        by_token = np.empty_like(run)
+        by_token[order] = run  # the rank of each token's ratio among the distinct ones
+        # a stable sort of those ranks: numpy's is a radix sort for 16-bit integers (0.37 ms at k = 49152,
+        # where sorting run·k + order took 0.65 ms)
+        order = np.argsort(by_token.astype(np.uint16) if run[-1] < 2**16 else by_token, kind="stable")
     tokens, qv, pv = support[order], qs[order], ps[order]
     Pc, Qc = np.zeros(pv.size + 1), np.zeros(pv.size + 1)
     np.cumsum(pv, out=Pc[1:])
     np.minimum(np.cumsum(qv, out=Qc[1:]), 1.0, out=Qc[1:])
-    psi = Pc - Qc**n
+    Qn = Qc**n
+    psi = Pc - Qn
     k_star = int(np.argmax(psi <= psi.min() + TIE))
     later = np.append(np.minimum.accumulate(psi[::-1])[::-1][1:], np.inf)  # min of ψ over longer prefixes
     records = np.flatnonzero(psi[k_star:] <= later[k_star:] + TIE)[::-1] + k_star
     ends, starts = records[1:], records[:-1]  # segment l: positions ends[l] .. starts[l] − 1
-    masses = np.maximum(Qc[starts] ** n - Qc[ends] ** n, 0.0)
+    masses = np.maximum(Qn[starts] - Qn[ends], 0.0)
     targets = pv.copy()
     others = Pc[starts] - Pc[ends + 1]
     targets[ends] = np.minimum(np.maximum(masses - others, 0.0), pv[ends])
