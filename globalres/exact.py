@@ -404,7 +404,11 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
     """
     b = np.minimum(np.maximum(np.asarray(b0, dtype=np.float64), -700.0), 700.0)
     free = None if pin is None else np.arange(b.size) != pin
-    here = evaluate_at(system, b, h)
+
+    def at(x):
+        return evaluate_at(system, x, h)
+
+    here = at(b)
     objective, gradient_norm = [here["F"]], []
     while len(gradient_norm) < max_iter:
         g, gnorm = here["g"], here["gnorm"]
@@ -419,7 +423,7 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
         else:
             step = np.zeros_like(b)
             step[free] = newton_direction(g[free], d[free], E[free], here["qw"][free], C, gamma)
-        there = line_search(system, b, step, here, h) if np.isfinite(step).all() else None
+        there = line_search(at, b, step, here) if np.isfinite(step).all() else None
         if there is None:
             if sparse == 1:
                 break
@@ -431,10 +435,10 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
     return b, objective[: len(gradient_norm)], gradient_norm, here
 
 
-def line_search(system: System, b, step, here, h):
-    """Backtracking from the full Newton step (capped at MAX_LOG_STEP): the accepted (b, evaluation),
-    or None. Accepts on a smaller gradient or on Armijo's condition on F: near the optimum F changes
-    below round-off."""
+def line_search(at, b, step, here):
+    """Backtracking from the full Newton step (capped at MAX_LOG_STEP): the accepted (b, at(b)), or None
+    (`at`: log-weights → evaluation, as `evaluate_at`). Accepts on a smaller gradient or on Armijo's
+    condition on F: near the optimum F changes below round-off."""
     biggest = float(np.abs(step).max())
     if biggest > MAX_LOG_STEP:
         step = step * (MAX_LOG_STEP / biggest)
@@ -443,7 +447,7 @@ def line_search(system: System, b, step, here, h):
     for _ in range(40):
         trial = b + size * step
         np.minimum(np.maximum(trial, -700.0, out=trial), 700.0, out=trial)
-        there = evaluate_at(system, trial, h)
+        there = at(trial)
         if there["gnorm"] < gnorm or there["F"] <= here["F"] + 1e-4 * size * slope:
             return trial, there
         size /= 2
@@ -488,6 +492,75 @@ def inner_start(q, p, Q, n):
         r = p / (n * q * Q ** (n - 1))
     r = np.clip(r, 1e-300, 1.0 - 1e-12)
     return np.log(r) - np.log1p(-r)
+
+
+# ------------------------------------------------------------------ n = 2, small inner systems: no quadrature
+# With two drafts the integral is a finite sum: ∫ e^{−t(1+w_v)} φ(t) dt = c/(1 + w_v) + Σ_u q_u/(1 + w_v + w_u),
+# so acc(v) = 2 q_v w_v [c/(1 + w_v) + Σ_u q_u/(1 + w_v + w_u)] and, by Frullani as in the module notes,
+# F(b) = Σ_{u,v} q_u q_v log(1 + w_u + w_v) + 2c Σ_v q_v log(1 + w_v) − Σ_v target_v b_v (+ a constant).
+# Exact up to rounding, and with a few tokens its G×G Newton system takes fewer numpy calls than the
+# quadrature (k = 10, n = 2: a fit 260 → 90 µs). Inner systems only: a segment's 1/(w_v + w_u) overflows
+# for the near-zero weights its zero-target tokens take.
+PAIRWISE = 32  # inner systems with n = 2 and at most this many tokens are fitted in closed form
+
+
+def pairwise(system: System, b):
+    """acc, g = acc − target, ‖g‖₁ and F of an inner system with n = 2 at log-weights b, in closed form
+    (notes above), with M = 1/(1 + w_v + w_u) and mc = 1/(1 + w) for `pairwise_direction`."""
+    q, c = system.q, system.c
+    w = np.exp(b)
+    M = np.add.outer(w, w)
+    M += 1.0
+    np.reciprocal(M, out=M)
+    mc = 1.0 / (1.0 + w)
+    qw = q * w
+    acc = (2.0 * qw) * (M @ q + c * mc)
+    g = acc - system.target
+    F = -float(q @ np.log(M) @ q) - 2.0 * c * float(q @ np.log(mc)) - float(system.target @ b)
+    return dict(w=w, M=M, mc=mc, qw=qw, acc=acc, g=g, gnorm=float(np.abs(g).sum()), F=F)
+
+
+def pairwise_direction(system: System, here: dict) -> np.ndarray:
+    """The Newton step of `pairwise`'s F: its Hessian ∂acc/∂b is
+    diag(acc − 2 q w² (M²q + c mc²)) − 2 (qw)(qw)ᵀ ⊙ M², solved scaled by its diagonal^{-1/2}."""
+    M, qw = here["M"], here["qw"]
+    H = M * M
+    d = here["acc"] - (2.0 * qw * here["w"]) * (H @ system.q + system.c * here["mc"] ** 2)
+    H *= qw[:, None] * (-2.0 * qw)
+    H.flat[:: H.shape[0] + 1] += d
+    s = 1.0 / np.sqrt(np.maximum(H.diagonal(), 1e-300))
+    H *= s[:, None] * s
+    y, info = lapack.dgesv(H, -s * here["g"])[2:]
+    if info != 0:
+        y = np.linalg.lstsq(H, -s * here["g"], rcond=None)[0]
+    return s * y
+
+
+def fit_pairwise(system: System, b0, *, tol: float, max_iter: int) -> dict:
+    """`fit_system` for an inner system with n = 2 by damped Newton on `pairwise`'s closed form. Its
+    `quadrature` is the rounding bound (G + 8)·2⁻⁵³·Σ acc: each acc(v) is G + 1 positive terms, each
+    rounded a few times, and there is no quadrature."""
+    b = np.minimum(np.maximum(np.asarray(b0, dtype=np.float64), -700.0), 700.0)
+
+    def at(x):
+        return pairwise(system, x)
+
+    here = at(b)
+    objective, gradient_norm = [here["F"]], []
+    while len(gradient_norm) < max_iter:
+        gradient_norm.append(here["gnorm"])
+        if here["gnorm"] <= tol:
+            break
+        step = pairwise_direction(system, here)
+        there = line_search(at, b, step, here) if np.isfinite(step).all() else None
+        if there is None:
+            break
+        b, here = there
+        objective.append(here["F"])
+    acc = here["acc"]
+    return dict(b=b, acc=acc, l1=here["gnorm"], quadrature=(b.size + 8) * 2.0**-53 * float(acc.sum()),
+                objective=objective[: len(gradient_norm)], gradient_norm=gradient_norm, nodes=0,
+                converged=gradient_norm[-1] <= tol, evaluation=here)
 
 
 # ---------------------------------------------------------------------- large systems: a compressed start
@@ -663,6 +736,9 @@ def fit_inner(s: dict, n: int, live: np.ndarray, *, h: float, tol: float, max_it
     c = float(qv[:k_star].sum() - qv[live].sum())
 
     def fit(system):
+        if n == 2 and system.q.size <= PAIRWISE:
+            start = rescale(system, inner_start(system.q, system.target, system.Q, n), 2 * h)
+            return fit_pairwise(system, start, tol=tol, max_iter=max_iter)
         with one_blas_thread():
             b0 = compressed_start(system, h, tol / 10)
             if b0 is not None:
