@@ -669,14 +669,19 @@ def hermite_inverse(yg, bg, y_b, y_bb, y):
     D1, S1 = d / y_b[1:], -d * d * y_bb[1:] / y_b[1:] ** 3  # and at the right ends
     f0, f1 = bg[:-1], bg[1:]
     jump = f1 - f0
-    coefficients = np.stack([f0, D, S / 2,
-                             10 * jump - 6 * D - 4 * D1 - 1.5 * S + 0.5 * S1,
-                             -15 * jump + 8 * D + 7 * D1 + 1.5 * S - S1,
-                             6 * jump - 3 * D - 3 * D1 - 0.5 * S + 0.5 * S1], axis=1)
-    k = np.clip(np.searchsorted(yg, y) - 1, 0, yg.size - 2)
+    coefficients = (f0, D, S / 2,
+                    10 * jump - 6 * D - 4 * D1 - 1.5 * S + 0.5 * S1,
+                    -15 * jump + 8 * D + 7 * D1 + 1.5 * S - S1,
+                    6 * jump - 3 * D - 3 * D1 - 0.5 * S + 0.5 * S1)
+    k = np.searchsorted(yg, y)
+    k -= 1
+    np.minimum(np.maximum(k, 0, out=k), yg.size - 2, out=k)
     s = (y - yg[k]) / d[k]
-    c = coefficients[k]
-    return c[:, 0] + s * (c[:, 1] + s * (c[:, 2] + s * (c[:, 3] + s * (c[:, 4] + s * c[:, 5]))))
+    out = coefficients[5][k]
+    for c in coefficients[4::-1]:  # Horner, one gather per coefficient (contiguous, unlike a (G, 6) gather)
+        out *= s
+        out += c[k]
+    return out
 
 
 def compressed_start(system: System, h: float, tol: float, width: float = BIN):
