@@ -35,6 +35,10 @@ for segments), so the fit of a few hundred Gauss pseudo-tokens (`gauss_bins`), r
 function (`compressed_start`), is already optimal for all of them to ~1e-14, and one evaluation of the
 full system certifies it.
 
+Two exact shortcuts: tokens with equal p/q (common with float16 or bfloat16 logits) share their optimal
+weight, so each run of them is fitted as one token (`merge_ties`); and with n = 2 the integral is a finite
+sum, so small inner systems are fitted in closed form, without quadrature (`fit_pairwise`).
+
 References: Thomas & Pal, arXiv 2511.15898, Thm 5.1 (the two systems), Thm 6.2 (outer targets),
 Thms 6.4–6.5 (the convex programs, here without truncation).
 """
