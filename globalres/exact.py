@@ -484,8 +484,7 @@ def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None,
         b, more_objective, more_gradient, here = newton(system, b, h=h, tol=tol, max_iter=max_iter, pin=pin,
                                                         sparse=1 if system.q.size <= EXACT_HESSIAN else 2)
     acc, t = here["acc"], here["t"]
-    return dict(b=b, acc=acc, l1=float(np.abs(acc - system.target).sum()),
-                quadrature=quadrature_bound(system, acc, np.exp(b), t, h),
+    return dict(b=b, acc=acc, l1=here["gnorm"], quadrature=quadrature_bound(system, acc, here["w"], t, h),
                 objective=objective + more_objective, gradient_norm=gradient_norm + more_gradient,
                 nodes=t.size, converged=more_gradient[-1] <= tol, evaluation=here)
 
