@@ -458,7 +458,7 @@ def line_search(at, b, step, here):
     return None
 
 
-SMALL = 128  # systems of at most this many tokens skip the 2h phase: their cost is per call (k = 100: 10% less)
+SMALL = 512  # systems this small skip the 2h phase (a k = V pseudo-system of 206: 10 → 3 Newton steps)
 ROUGH = 1e-6  # ‖∇F‖₁ the step-2h phase of `fit_system` stops at: about where the 2h rule's own error lies
 EXACT_HESSIAN = 32  # systems of at most this many tokens take the step-h Hessian at once: its cost is per call
 
