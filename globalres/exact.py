@@ -834,15 +834,16 @@ def layout(p: np.ndarray, q: np.ndarray, n: int) -> dict:
         # a stable sort of those ranks: numpy's is a radix sort for 16-bit integers (0.37 ms at k = 49152,
         # where sorting run·k + order took 0.65 ms)
         order = np.argsort(by_token.astype(np.uint16) if run[-1] < 2**16 else by_token, kind="stable")
-    tokens, qv, pv = support[order], qs[order], ps[order]
+    tokens, qv, pv = (order if support.size == q.size else support[order]), qs[order], ps[order]
     Pc, Qc = np.zeros(pv.size + 1), np.zeros(pv.size + 1)
     np.cumsum(pv, out=Pc[1:])
     np.minimum(np.cumsum(qv, out=Qc[1:]), 1.0, out=Qc[1:])
     Qn = Qc**n
     psi = Pc - Qn
     k_star = int(np.argmax(psi <= psi.min() + TIE))
-    later = np.append(np.minimum.accumulate(psi[::-1])[::-1][1:], np.inf)  # min of ψ over longer prefixes
-    records = np.flatnonzero(psi[k_star:] <= later[k_star:] + TIE)[::-1] + k_star
+    later = np.minimum.accumulate(psi[:k_star:-1])[::-1]  # later[i]: min of ψ over prefixes longer than k* + i
+    later += TIE
+    records = np.append(np.flatnonzero(psi[k_star:-1] <= later), psi.size - 1 - k_star)[::-1] + k_star
     ends, starts = records[1:], records[:-1]  # segment l: positions ends[l] .. starts[l] − 1
     masses = np.maximum(Qn[starts] - Qn[ends], 0.0)
     targets = pv.copy()
