@@ -275,8 +275,9 @@ def rescale(system: System, b, h: float):
         t = s * math.exp(-lam)
         a = t * np.exp(-t)
         a *= h
-        R = float(a @ phi) + math.exp(-lam) * left * Q**n + c**n * math.exp(-float(t[-1]))
-        slope = float((a * (t - 1.0)) @ phi) - math.exp(-lam) * left * Q**n + c**n * float(t[-1]) * math.exp(-float(t[-1]))
+        edge, t_hi = math.exp(-lam) * left * Q**n, float(t[-1])  # the left tail; past t_hi, φ = c
+        R = float(a @ phi) + edge + c**n * math.exp(-t_hi)
+        slope = float((a * (t - 1.0)) @ phi) - edge + c**n * t_hi * math.exp(-t_hi)
         miss = math.log(wanted / R)
         step = miss * R / slope if slope < 0 else 0.0  # d log R / dλ = slope / R < 0
         lam += min(max(step, -20.0), 20.0)
@@ -622,7 +623,8 @@ def gauss_bins(y, q, width: float = BIN):
     rich = (counts > 3) & (spread > 0) & (norm2 > 1e-9)
     with np.errstate(divide="ignore", invalid="ignore"):
         alpha2 = (s5 - 2.0 * s3 * s4 + s3**3) / norm2
-        norm3 = s6 - 2.0 * s3 * s5 + (s3 * s3 - 2.0) * s4 + 2.0 * s3 * s3 + 1.0 - alpha2 * alpha2 * norm2 - norm2 * norm2
+        norm3 = (s6 - 2.0 * s3 * s5 + (s3 * s3 - 2.0) * s4 + 2.0 * s3 * s3 + 1.0
+                 - alpha2 * alpha2 * norm2 - norm2 * norm2)
     rich &= norm3 > 1e-9 * norm2  # p3 vanishes on a measure of 3 points: keep those tokens
     s3, alpha2, norm2 = s3[rich, None], alpha2[rich, None], norm2[rich, None]
     # p3 = (z − α2) p2 − β2 z = z³ + a z² + b z + c
@@ -787,7 +789,8 @@ def certify(system: System, b, reference, *, h: float, tol: float) -> dict:
     l1 = float(np.abs(acc - system.target).sum())
     reference_error = n * float(np.abs(kernel - kernel_ref) @ psi)
     rounding_terms = min(CERTIFY_BLOCK, w.size) + math.ceil(w.size / CERTIFY_BLOCK) + 1  # per block, then blocks
-    return dict(b=b, acc=acc, l1=l1, quadrature=quadrature_bound(system, acc, w, t, h, rounding_terms) + reference_error,
+    quadrature = quadrature_bound(system, acc, w, t, h, rounding_terms) + reference_error
+    return dict(b=b, acc=acc, l1=l1, quadrature=quadrature,
                 objective=[objective(system, b, phi, m, lo, hi, h)], gradient_norm=[l1], nodes=t.size,
                 converged=l1 <= tol and reference_error <= tol, evaluation=None,
                 reference_error=reference_error)
