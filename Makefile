@@ -29,6 +29,7 @@ app: setup
 	$(VENV)/bin/streamlit run app.py --server.headless true
 
 test: setup-test
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
 bench: setup

@@ -110,7 +110,8 @@ def run_method(bundle, pairs, method, max_seconds):
             parent, child = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_cell, args=(bundle, pairs, method, k, n, child))
             proc.start()
-            r = parent.recv() if parent.poll(max_seconds * len(pairs) + 5) else f"timed out (> {max_seconds} s per solve)"
+            timed_out = f"timed out (> {max_seconds} s per solve)"
+            r = parent.recv() if parent.poll(max_seconds * len(pairs) + 5) else timed_out
             proc.kill()
             proc.join()
             if isinstance(r, str):
@@ -267,7 +268,8 @@ def main():
         f"pairs + 5 s; one run on a shared 2-vCPU machine, so times are noisy). "
         f"rrs_wor, greedy and spechub draw their drafts by their own law ({laws}): compare them with the α* row "
         f"of that law; the plain α* rows are for i.i.d. drafts.\n\n{table(bundle, opt, results)}\n\n"
-        f"## Best acceptance within a per-token time budget\n\nOver the grid above (k ∈ {{1, 10, 100, 1000, V}}, n ≤ 16); solve time only: drafting and the target call are not counted.\n\n"
+        "## Best acceptance within a per-token time budget\n\nOver the grid above (k ∈ {1, 10, 100, 1000, V}, n ≤ 16); "
+        "solve time only: drafting and the target call are not counted.\n\n"
         f"{budget_table(bundle, results)}\n\n## Skipped\n\n" + ("\n".join(skipped) or "none")
         + ("" if total is None else f"\n\n(total {total:.0f} s)") + "\n")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from globalres.exact import sample_batch, solve_batch  # noqa: E402
 from pairs import pairs  # noqa: E402
+
+from globalres.exact import sample_batch, solve_batch  # noqa: E402
 
 TARGET = 10_000  # contexts per second (issue 3, on a GPU)
 TARGET_K, TARGET_N = 1000, 8

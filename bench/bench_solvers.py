@@ -50,10 +50,11 @@ from scipy.stats import chisquare
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pairs import labelled_pairs  # noqa: E402
+
 import globalres as gr  # noqa: E402
 from globalres import exact  # noqa: E402
 from globalres.exact import sample_batch, solve_batch  # noqa: E402
-from pairs import labelled_pairs  # noqa: E402
 
 GRID = [(10, 2, 32000), (10, 4, 32000), (10, 5, 32000), (100, 2, 32000), (1000, 2, 32000),
         (1000, 8, 32000), (49152, 4, 49152), (1000, 16, 128000)]

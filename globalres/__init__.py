@@ -50,7 +50,8 @@ def solve(problem: Problem, method: str = "exact", **options) -> Plan:
     A solver that runs but fails returns a Plan with `success == False` and a message.
     """
     if not isinstance(problem, Problem):
-        raise InputError(f"solve needs a globalres.Problem; got {type(problem).__name__}. Build one with Problem(p, q, n).")
+        raise InputError(f"solve needs a globalres.Problem; got {type(problem).__name__}. "
+                         "Build one with Problem(p, q, n).")
     if method not in SOLVERS:
         raise InputError(f"Unknown method {method!r}; choose one of: {', '.join(SOLVERS)}.")
     module, function = SOLVERS[method].split(":")

@@ -18,8 +18,8 @@ Algorithm 1:
 
    to gradient tolerance τ. ∂Φ_T/∂a_v is the accepted mass of v minus its target, so the gradient is
    the marginal error itself; the truncation leaves ‖∇Φ_T‖₁ ≥ ε_T possible, so success is
-   ‖∇Φ_T‖₁ ≤ τ + ε_T and ‖∇Θ_T‖₁ ≤ τ + γ_T (Thms 6.4, 6.5). Too many terms, or no convergence within the iteration cap, is the
-   paper's early termination: a failure, handled by a fallback solver.
+   ‖∇Φ_T‖₁ ≤ τ + ε_T and ‖∇Θ_T‖₁ ≤ τ + γ_T (Thms 6.4, 6.5). Too many terms, or no convergence within the
+   iteration cap, is the paper's early termination: a failure, handled by a fallback solver.
 4. The rule π(·|ω): if some draft lies outside H*, output x ∈ set(ω)∖H* with probability ∝ e^{a_x};
    otherwise output x ∈ set(ω) with probability e^{b_x}/Z, Z = 1 + Σ_{set(ω)} e^{b}, and with
    probability 1/Z reject and draw from the residual ρ ∝ p − p_v (supported outside H*).

@@ -146,7 +146,8 @@ def read_arrays(source, *, name: str | None = None, max_bytes: int = MAX_BYTES) 
                 return {"logits": _torch_to_numpy(obj, name, "logits")}
             if isinstance(obj, dict):
                 return {str(k): _torch_to_numpy(v, name, str(k)) for k, v in obj.items()}
-            raise InputError(f"{name} holds a {type(obj).__name__}; save a tensor or a dict of tensors with torch.save.")
+            raise InputError(f"{name} holds a {type(obj).__name__}; "
+                             "save a tensor or a dict of tensors with torch.save.")
     except pickle.UnpicklingError as err:
         raise InputError(f"{name}: refused to unpickle anything but tensors (weights_only=True): {err}") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as err:

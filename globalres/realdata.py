@@ -166,7 +166,8 @@ def _load(path: str) -> Bundle:
         meta = json.loads(str(z["meta"]))
         contexts, categories = tuple(z["context"].tolist()), tuple(z["category"].tolist())
         next_tokens = z["next_token"].astype(np.int64)
-    if target.shape != draft.shape or target.ndim != 2 or len(contexts) != target.shape[0] or len(vocab) != target.shape[1]:
+    if (target.shape != draft.shape or target.ndim != 2 or len(contexts) != target.shape[0]
+            or len(vocab) != target.shape[1]):
         raise InputError(f"{path}: inconsistent shapes (target {target.shape}, draft {draft.shape}, "
                          f"{len(contexts)} contexts, {len(vocab)} vocabulary entries).")
     for a in (target, draft, next_tokens):

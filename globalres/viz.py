@@ -119,9 +119,9 @@ def psi_chain(problem: Problem) -> go.Figure:
     x = np.arange(problem.V + 1)
     names = ["∅"] + ["+" + problem.label(int(t)) for t in tokens]
     fig = go.Figure()
-    segments, masses, _ = outer_segments(problem)
+    segments, _, _ = outer_segments(problem)
     position = {int(t): j for j, t in enumerate(tokens)}
-    for s, (seg, mass) in enumerate(zip(segments, masses)):
+    for s, seg in enumerate(segments):
         js = [position[int(t)] for t in seg]
         fig.add_vrect(x0=min(js), x1=max(js) + 1, line_width=0, layer="below",
                       fillcolor=[SKY, YELLOW][s % 2], opacity=0.3)
@@ -312,7 +312,8 @@ def alpha_topk(ks, curves: dict, V: int, title: str = "α* against the draft's t
     fig = go.Figure()
     for colour, (n, alphas) in zip((ORANGE, SKY, GREEN, BLUE, VERMILLION, PURPLE), curves.items()):
         fig.add_scatter(x=list(ks), y=list(alphas), mode="lines+markers", name=f"n = {n}",
-                        line=dict(color=colour, width=3), hovertemplate=f"n = {n}, k = %{{x}}: α* = %{{y:.5f}}<extra></extra>")
+                        line=dict(color=colour, width=3),
+                        hovertemplate=f"n = {n}, k = %{{x}}: α* = %{{y:.5f}}<extra></extra>")
     fig.update_xaxes(title=f"draft top-k (k = {V} is the whole vocabulary)", type="log")
     fig.update_yaxes(title="α*", rangemode="tozero")
     return _style(fig, title, 340)

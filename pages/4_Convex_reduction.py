@@ -46,7 +46,8 @@ for col, (method, name) in zip(cols, METHODS.items()):
             continue
         plan = out.plan
         c1, c2 = st.columns(2)
-        c1.metric("α", f"{plan.acceptance:.8f}", delta=f"{plan.acceptance - a:+.1e} vs α*", delta_color="off", delta_arrow="off")
+        c1.metric("α", f"{plan.acceptance:.8f}", delta=f"{plan.acceptance - a:+.1e} vs α*", delta_color="off",
+                  delta_arrow="off")
         c2.metric("solve time", ui.ms(out.seconds))
         certified = [f"{name} = **{plan.info[key]:.1e}**" for key, name in
                      (("certified_l1", "certified ‖output − p‖₁"), ("certified_gap", "certified |α − α*|"))

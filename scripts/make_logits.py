@@ -128,7 +128,8 @@ def main():
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_npz_lzma(args.out, target_logp=store_t, draft_logp=store_d, context=np.array(contexts),
                   category=np.array(categories), next_token=np.array(next_tokens, dtype=np.int32),
-                  vocab=np.frombuffer(b"".join(pieces), dtype=np.uint8), vocab_offsets=offsets, meta=np.array(json.dumps(meta)))
+                  vocab=np.frombuffer(b"".join(pieces), dtype=np.uint8), vocab_offsets=offsets,
+                  meta=np.array(json.dumps(meta)))
     print(json.dumps(meta))
     print(f"wrote {args.out}: {len(contexts)} positions, {args.out.stat().st_size / 1e6:.1f} MB, "
           f"{time.time() - t0:.0f} s")

@@ -33,8 +33,9 @@ TOPICS = ["the water cycle", "binary search", "the French revolution", "photosyn
           "recursion", "the moon landing", "a lost cat", "learning a new language", "volcanoes", "chess openings",
           "SQL joins", "the stock market", "a haunted lighthouse", "healthy sleep", "the Roman empire", "electric cars",
           "git branches", "a birthday party", "quantum computers", "the immune system"]
-TASKS = ["Write a short story about {}.", "Explain {} to a ten-year-old.", "Give a numbered list of five facts about {}.",
-         "Write a Python function related to {}, with comments.", "Write a friendly chat reply to a friend asking about {}.",
+TASKS = ["Write a short story about {}.", "Explain {} to a ten-year-old.",
+         "Give a numbered list of five facts about {}.", "Write a Python function related to {}, with comments.",
+         "Write a friendly chat reply to a friend asking about {}.",
          "Write a haiku and then a paragraph about {}.", "List the pros and cons of {} as bullet points.",
          "Describe {} in the style of a news report."]
 

@@ -49,7 +49,8 @@ def test_pair_in_one_file(tmp_path, fmt):
 
 def test_pair_in_two_files_and_a_single_position(tmp_path):
     (tmp_path / "t").mkdir(), (tmp_path / "d").mkdir()
-    target, draft = load_pair(write(tmp_path / "t", ".npy", {"x": TARGET[1]}), write(tmp_path / "d", ".pt", {"x": DRAFT[1]}))
+    target, draft = load_pair(write(tmp_path / "t", ".npy", {"x": TARGET[1]}),
+                              write(tmp_path / "d", ".pt", {"x": DRAFT[1]}))
     assert target.shape == draft.shape == (1, 7)
     np.testing.assert_allclose(draft[0], DRAFT[1], atol=0)
 

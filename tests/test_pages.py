@@ -380,7 +380,8 @@ def _tiny_bundle(path: Path, V: int = 12, N: int = 3) -> None:
     tokens = [s.encode() for s in ["the", " cat", ",", "\n"] + [f"t{j}" for j in range(4, V)]]
     offsets = np.concatenate([[0], np.cumsum([len(b) for b in tokens])])
     np.savez(path, target_logp=logp[0].astype(np.float16), draft_logp=logp[1].astype(np.float16),
-             context=np.array(["Once upon a", "def f(x):", "1. apples\n2."]), category=np.array(["prose", "code", "list"]),
+             context=np.array(["Once upon a", "def f(x):", "1. apples\n2."]),
+             category=np.array(["prose", "code", "list"]),
              next_token=np.array([1, 2, 3]), vocab=np.frombuffer(b"".join(tokens), dtype=np.uint8),
              vocab_offsets=offsets,
              meta=np.array('{"model": "tiny test bundle"}'))
