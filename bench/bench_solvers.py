@@ -172,7 +172,7 @@ def run_point(k, n, V, count, skip_after, draws=CHI2_DRAWS):
             if sum(times) > MINUTE and i + 1 < len(problems):
                 note = _budget_note(len(times), len(problems))
                 break
-        rows[name] = _row(times, ok, gaps, [_l1(plan) for plan in audits], note)
+        rows[name] = _row(times, ok, gaps, [_l1(plan) for plan in audits], _join(note, _by_kind(times, n_real)))
         del audits
     if not enumerable and "exact (numpy)" in rows and rows["exact (numpy)"].get("pairs"):
         rows["exact (numpy)"]["chi2"] = chi2_numpy(problems[0], draws)
@@ -193,7 +193,7 @@ def run_point(k, n, V, count, skip_after, draws=CHI2_DRAWS):
                 note = _join(note, _budget_note(len(times), len(problems)))
                 break
         name = f"exact (torch {device})"
-        rows[name] = _row(times, ok, gaps, l1s, note)
+        rows[name] = _row(times, ok, gaps, l1s, _join(note, _by_kind(times, n_real)))
         if not enumerable and (ONLY is None or ONLY in name):
             rows[name]["chi2"] = chi2_torch(problems[0], draws, device)
         if k <= 1000:
@@ -331,6 +331,15 @@ def _l1(plan):
     if hasattr(plan, "audit") and (pb.q > 0).sum() ** pb.n <= AUDIT_TUPLES:
         return plan.audit().l1
     return plan.info.get("certified_l1")
+
+
+def _by_kind(times, n_real):
+    """Where a point mixes real and synthetic pairs (real first), their medians apart: "" otherwise."""
+    if not 0 < n_real < len(times):
+        return ""
+    real, synthetic = 1e3 * np.median(times[:n_real]), 1e3 * np.median(times[n_real:])
+    return f"median {real:.2f} ms over the {n_real} real pairs, {synthetic:.2f} over the {len(times) - n_real} " \
+        "synthetic"
 
 
 def _row(times, ok, gaps, l1s, note):
