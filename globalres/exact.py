@@ -33,7 +33,7 @@ Large systems (k = 1000 to V; the inner one, or a large segment) are not fitted 
 optimum every token's log-weight is one smooth function of y = logit(p/(q n Qⁿ⁻¹)) (inner; `ratio_range`
 for segments), so the fit of a few hundred Gauss pseudo-tokens (`gauss_bins`), read off through that
 function (`compressed_start`), is already optimal for all of them to ~1e-14, and one evaluation of the
-full system certifies it.
+full system certifies it (over 4096 tokens a blocked one, `certify`, that reads E once in cache).
 
 Two exact shortcuts: tokens with equal p/q (common with float16 or bfloat16 logits) share their optimal
 weight, so each run of them is fitted as one token (`merge_ties`); and with n = 2 the integral is a finite
