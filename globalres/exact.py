@@ -796,26 +796,40 @@ def certify(system: System, b, reference, *, h: float, tol: float) -> dict:
                 reference_error=reference_error)
 
 
+def warm_fit(system: System, *, h: float, tol: float, max_iter: int, pin=None):
+    """The fit from `compressed_start`, certified by `certify` above BLOCKED tokens, else by `fit_system`
+    (which also takes Newton steps if the first evaluation misses): the converged `fit_system` dict, or
+    None (no start, or no convergence from it). Log-weights pinned at `pin` (segments: acc is invariant
+    to a common shift, so the start and its reference move together)."""
+    start = compressed_start(system, h, tol / 10)
+    if start is None:
+        return None
+    b0, (small, small_b) = start
+    shift = 0.0 if pin is None else b0[pin]
+    out = certify(system, b0 - shift, (small, small_b - shift), h=h, tol=tol) if system.q.size > BLOCKED else None
+    if out is None or not out["converged"]:
+        out = fit_system(system, b0 - shift, h=h, tol=tol, max_iter=max_iter, pin=pin, warm=True)
+    return out if out["converged"] else None
+
+
 def fit_inner(s: dict, n: int, live: np.ndarray, *, h: float, tol: float, max_iter: int) -> dict:
     """`fit_system` of the inner system of layout `s` (live: H* positions with p > 0), its tied tokens
-    merged (`merge_ties`), from `compressed_start` when the system is large (its first evaluation is then
-    usually the certificate), else from the scale-corrected start of `inner_start`."""
+    merged (`merge_ties`): in closed form for n = 2 and a few tokens (`fit_pairwise`), from
+    `compressed_start` when the system is large (`warm_fit`), else (or where those fail) from the
+    scale-corrected start of `inner_start`."""
     qv, pv, k_star = s["qv"], s["pv"], s["k_star"]
     c = float(qv[:k_star].sum() - qv[live].sum())
 
     def fit(system):
-        if n == 2 and system.q.size <= PAIRWISE:
-            start = rescale(system, inner_start(system.q, system.target, system.Q, n), 2 * h)
-            return fit_pairwise(system, start, tol=tol, max_iter=max_iter)
         with one_blas_thread():
-            start = compressed_start(system, h, tol / 10)
-            if start is not None:
-                out = certify(system, *start, h=h, tol=tol) if system.q.size > BLOCKED else None
-                if out is None or not out["converged"]:
-                    out = fit_system(system, start[0], h=h, tol=tol, max_iter=max_iter, warm=True)
+            out = warm_fit(system, h=h, tol=tol, max_iter=max_iter)  # None for small systems, at once
+            if out is not None:
+                return out
+            b0 = rescale(system, inner_start(system.q, system.target, system.Q, n), 2 * h)
+            if n == 2 and system.q.size <= PAIRWISE:
+                out = fit_pairwise(system, b0, tol=tol, max_iter=max_iter)
                 if out["converged"]:
                     return out
-            b0 = rescale(system, inner_start(system.q, system.target, system.Q, n), 2 * h)
         return fit_system(system, b0, h=h, tol=tol, max_iter=max_iter)
 
     return merge_ties(System(qv[live], pv[live], max(c, 0.0), n, 1), fit)
@@ -830,16 +844,9 @@ def fit_segment(s: dict, n: int, l: int, *, h: float, tol: float, max_iter: int)
     def fit(system):
         pin = int(np.argmax(system.target))
         with one_blas_thread():
-            start = compressed_start(system, h, tol / 10)
-            if start is not None:
-                b0, (small, small_b) = start
-                shift = b0[pin]  # the gauge: acc is invariant to a common shift, the reference moves with it
-                out = certify(system, b0 - shift, (small, small_b - shift), h=h, tol=tol) \
-                    if system.q.size > BLOCKED else None
-                if out is None or not out["converged"]:
-                    out = fit_system(system, b0 - shift, h=h, tol=tol, max_iter=max_iter, pin=pin, warm=True)
-                if out["converged"]:
-                    return out
+            out = warm_fit(system, h=h, tol=tol, max_iter=max_iter, pin=pin)
+            if out is not None:
+                return out
         with np.errstate(divide="ignore"):
             b0 = np.log(np.maximum(system.target, 1e-300) / system.q)
         return fit_system(system, b0 - b0[pin], h=h, tol=tol, max_iter=max_iter, pin=pin)
