@@ -1345,7 +1345,8 @@ def _rows_exp(w, t):
 
 
 def _rows_evaluate(q, target, c, n, c0, b, t, h, hessian=True):
-    """Batched `evaluate`: q, target, b (R, G); c, c0 (R,); t (R, K)."""
+    """Batched `evaluate`: q, target, b (R, G); c, c0 (R,); t (R, K). Returns acc, F, the Hessian's parts
+    (d, U, C) or None, and the `_rows_integrals` dict with the nodes t."""
     torch = _torch()
     w = b.exp()
     E = _rows_exp(w, t)
@@ -1361,8 +1362,9 @@ def _rows_evaluate(q, target, c, n, c0, b, t, h, hessian=True):
     right = torch.where(beyond <= 50.0, torch.exp(-beyond), torch.zeros_like(beyond)).sum(1, keepdim=True)
     F = (h * (integrand.sum(1, keepdim=True) + t[:, :1] * tail_sums(h)[0] * first + (Qn - cn) * right))[:, 0] \
         - (target * b).sum(1)
+    out["t"] = t
     if not hessian:
-        return out["acc"], F, None
+        return out["acc"], F, None, out
     # as in `hessian`: the left-tail sum adds to d and a rank-one term γ (qw)(qw)ᵀ (one more column of U)
     t0, r2 = t[:, :1], tail_sums(h)[1]
     d = n * qw * (torch.einsum("rgk,rk->rg", E, kernel) - w * torch.einsum("rgk,rk->rg", E, t * kernel)) \
@@ -1372,7 +1374,7 @@ def _rows_evaluate(q, target, c, n, c0, b, t, h, hessian=True):
     gamma = h * t0**2 * r2 * n * (n - 1) * Q ** (n - 2) if n >= 2 else torch.zeros_like(t0)
     C = torch.cat([C, gamma], 1)
     C = torch.where(C < FLUSH, torch.zeros_like(C), C)
-    return out["acc"], F, (d, U, C)
+    return out["acc"], F, (d, U, C), out
 
 
 def _rows_direction(g, d, U, C, live):
@@ -1422,11 +1424,13 @@ def _rows_rescale(q, target, c, n, b, live, h):
     return torch.where(live, b + lam[:, None], b)
 
 
-def _rows_newton(q, target, c, c0, b, live, n, *, h, tol, max_iter):
-    """Batched `newton` at step h: every row at once; returns b and the gradient norms (R, iterations).
+def _rows_newton(q, target, c, c0, b, live, n, *, h, tol, max_iter, warm=False):
+    """Batched `newton` at step h: every row at once; returns b, the gradient norms (R, iterations) and
+    the last evaluation at b (`_rows_evaluate`'s tuple), or None.
 
     A full step taken by every row makes the trial's evaluation (with its Hessian parts) the next
-    iterate's, as in `newton`.
+    iterate's, as in `newton`. From a warm start the first evaluation leaves the Hessian out (it is
+    likely the certificate, and the Hessian's parts cost as much again).
     """
     torch = _torch()
     real = q > 0
@@ -1437,13 +1441,17 @@ def _rows_newton(q, target, c, c0, b, live, n, *, h, tol, max_iter):
     here = None
     for _ in range(max_iter):
         if here is None:
-            here = _rows_evaluate(q, target, c, n, c0, b, _rows_nodes(b.exp(), real, n, c0, h), h)
-        acc, F, (d, U, C) = here
+            here = _rows_evaluate(q, target, c, n, c0, b, _rows_nodes(b.exp(), real, n, c0, h), h,
+                                  hessian=not (warm and not history))
+        acc, F, parts, _ = here
         gnorm = (acc - target).abs().sum(1)
         history.append(gnorm)
         todo = gnorm > tol
         if not bool(todo.any()):
             break
+        if parts is None:
+            parts = _rows_evaluate(q, target, c, n, c0, b, here[3]["t"], h)[2]
+        d, U, C = parts
         # a row whose step is not finite (float32 on a near-tight system) stops and fails its certificate
         step = torch.nan_to_num(_rows_direction(acc - target, d, U, C, live & todo[:, None]), 0.0, 0.0, 0.0)
         biggest = step.abs().amax(1, keepdim=True).clamp_min(MAX_LOG_STEP)
@@ -1464,22 +1472,29 @@ def _rows_newton(q, target, c, c0, b, live, n, *, h, tol, max_iter):
             if not bool(pending.any()):
                 break
             size = torch.where(pending, size / 2, size)
-    return b, torch.stack(history, 1)
+    return b, torch.stack(history, 1), here
 
 
-def fit_rows(q, target, c, c0, b0, live, n, *, h=STEP, tol=1e-12, max_iter=60):
-    """Batched `fit_system` (torch): Newton at step 2h to ROUGH, then at h to tol, certified at h
-    (`quadrature_bound`); returns b, acc at h, l1 and quadrature per row.
+def fit_rows(q, target, c, c0, b0, live, n, *, h=STEP, tol=1e-12, max_iter=60, warm=False):
+    """Batched `fit_system` (torch): Newton at step 2h to ROUGH (skipped from a warm start), then at h to
+    tol, certified at h (`quadrature_bound`); returns b, acc at h, l1 and quadrature per row, and the
+    nodes t, kernel and m = Σ q w of the last evaluation (for `_rows_curve`).
 
     live : bool (R, G), the free log-weights (False on padding and on each segment's pinned token).
     """
     torch = _torch()
     real = q > 0
-    b, rough = _rows_newton(q, target, c, c0, b0.clone(), live, n, h=2 * h, tol=max(tol, ROUGH), max_iter=max_iter)
-    b, history = _rows_newton(q, target, c, c0, b, live, n, h=h, tol=tol, max_iter=max_iter)
+    b, rough = b0.clone(), torch.zeros(q.shape[0], 0, dtype=q.dtype, device=q.device)
+    if not warm:
+        b, rough, _ = _rows_newton(q, target, c, c0, b, live, n, h=2 * h, tol=max(tol, ROUGH), max_iter=max_iter)
+    b, history, here = _rows_newton(q, target, c, c0, b, live, n, h=h, tol=tol, max_iter=max_iter, warm=warm)
     w = b.exp()
-    t = _rows_nodes(w, real, n, c0, h)
-    out = _rows_integrals(q, c, n, c0, w, _rows_exp(w, t), t, h)
+    if here is None:
+        t = _rows_nodes(w, real, n, c0, h)
+        out = _rows_integrals(q, c, n, c0, w, _rows_exp(w, t), t, h)
+    else:
+        out = here[3]
+        t = out["t"]
     acc = out["acc"]
     kappa = c0 + n * torch.where(real, w, torch.zeros_like(w)).amax(1)
     left = h * n * out["Q"][:, 0] ** (n - 1) * out["m"][:, 0] * kappa**2 * t[:, 0] ** 3 * tail_sums(h)[2] / 2
@@ -1487,7 +1502,146 @@ def fit_rows(q, target, c, c0, b0, live, n, *, h=STEP, tol=1e-12, max_iter=60):
     beta = strip_bound(h) + t.shape[1] * eps
     return dict(b=b, acc=acc, l1=(acc - target).abs().sum(1),
                 quadrature=beta / (1 - beta) * acc.abs().sum(1) + left + TAIL * out["Q"][:, 0],
-                gradient_norm=torch.cat([rough, history], 1), nodes=t.shape[1])
+                gradient_norm=torch.cat([rough, history], 1), nodes=t.shape[1], t=t, kernel=out["kernel"],
+                m=out["m"])
+
+
+GAUSS_POINTS = 7  # nodes per bin of `_rows_gauss`: an m-point rule in bins 1.0 wide is as accurate as BIN's
+GAUSS_WIDTH = 1.0  # 3 points in 0.2, with about half the pseudo-tokens (measured with the numpy read-off)
+
+
+def _rows_gauss(y, q, width: float = GAUSS_WIDTH, m: int = GAUSS_POINTS):
+    """Batched `gauss_bins` (torch): per row, the m-point Gauss rule of Σ_v q_v δ(y_v) within each occupied
+    bin of `width` (y sorted along a row over its q > 0 entries): nodes Y and weights W (R, NB·m), zero
+    weights as padding. Per bin, in z = (y − mean)/std, the Stieltjes procedure gives the recurrence
+    coefficients α_j, β_j of the monic orthogonal polynomials, and the eigenvalues of the Jacobi matrix
+    are the nodes, the squared first components of its eigenvectors times the mass the weights
+    (Golub–Welsch, one batched `eigh`). A bin whose measure has j < m points (ties, sparse bins) has
+    β_j = 0 to rounding: it is set to 0, which decouples the rest, and the j-point rule is those points."""
+    torch = _torch()
+    R, G = q.shape
+    real = q > 0
+    y = torch.where(real, y, torch.zeros_like(y))
+    cell = torch.where(real, torch.floor(y / width), torch.full_like(y, math.inf))
+    new = torch.ones_like(real)
+    new[:, 1:] = cell[:, 1:] != cell[:, :-1]
+    bin_ = new.cumsum(1) - 1  # empty bins (runs of padding) carry no mass: zero-weight nodes
+    NB = int(bin_.max().item()) + 1
+
+    def per_bin(x):
+        return torch.zeros(R, NB, dtype=x.dtype, device=x.device).scatter_add_(1, bin_, x)
+
+    mass = per_bin(q)
+    safe = torch.where(mass > 0, mass, torch.ones_like(mass))
+    centre = per_bin(q * y) / safe
+    z = y - centre.gather(1, bin_)
+    spread = (per_bin(q * z * z) / safe).sqrt()
+    z = z / torch.where(spread > 0, spread, torch.ones_like(spread)).gather(1, bin_)
+    alpha = torch.zeros(R, NB, m, dtype=q.dtype, device=q.device)
+    beta = torch.zeros_like(alpha)
+    prev, cur = torch.zeros_like(z), torch.ones_like(z)  # p_{j−1}, p_j: monic, p_0 = 1
+    norm_prev, ok = torch.ones_like(mass), mass > 0
+    for j in range(m):
+        qp = q * cur * cur
+        norm = per_bin(qp) / safe  # ‖p_j‖²
+        ok = ok & (norm > 1e-12 * norm_prev)  # p_j vanishes on a measure of j points: the rule stops at j
+        norm_ok = torch.where(ok, norm, torch.ones_like(norm))
+        alpha[..., j] = torch.where(ok, per_bin(qp * z) / safe / norm_ok, torch.zeros_like(norm))
+        if j:
+            beta[..., j] = torch.where(ok, norm / norm_prev, torch.zeros_like(norm))
+        following = (z - alpha[..., j].gather(1, bin_)) * cur
+        if j:
+            following -= beta[..., j].gather(1, bin_) * prev
+        prev, cur, norm_prev = cur, following, torch.where(ok, norm, norm_prev)
+    off = beta[..., 1:].sqrt()
+    J = torch.diag_embed(alpha) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+    x, vectors = torch.linalg.eigh(J)
+    W = mass[..., None] * vectors[..., 0, :] ** 2
+    Y = centre[..., None] + spread[..., None] * x
+    return Y.reshape(R, NB * m), W.reshape(R, NB * m)
+
+
+def _rows_curve(q, c, n, t, kernel, m, b, h):
+    """Batched `ratio_curve` for inner rows (R0 = 0): y(b), y_b, y_bb on grids b (R, NG) from a fit's
+    nodes t, kernel (R, K) and m = Σ q w (R, 1)."""
+    torch = _torch()
+    Q = (c + q.sum(1))[:, None]
+    w = b.exp()
+    E = _rows_exp(w, t)
+    S0, S1, S2 = torch.einsum("rgk,rkj->rgj", E, torch.stack([kernel, t * kernel, t * t * kernel], 2)).unbind(2)
+    r1, r2, _ = tail_sums(h)
+    t0 = t[:, :1]
+    L = h * t0 * Q ** (n - 1) * (r1 - t0 * r2 * (1.0 + w + (n - 1) * m / Q))
+    dL = -h * t0**2 * Q ** (n - 1) * r2
+    R = n * w * (S0 + L)
+    R_w = n * (S0 - w * S1 + L + w * dL)
+    R_ww = n * (w * S2 - 2 * S1 + 2 * dL)
+    R_b, R_bb = w * R_w, w * R_w + w * w * R_ww
+    top = n * Q ** (n - 1)
+    gap = top - R
+    y = R.log() - gap.log()
+    scale = top / (R * gap)
+    return y, R_b * scale, R_bb * scale + R_b**2 * (2 * R - top) * scale**2 / top
+
+
+def _rows_hermite_inverse(yg, bg, y_b, y_bb, y):
+    """Batched `hermite_inverse`: per row, B(y) from the grid (bg, yg) with B' = 1/y_b, B'' = −y_bb/y_b³."""
+    torch = _torch()
+    d = yg.diff(dim=1)
+    D, S = d / y_b[:, :-1], -d * d * y_bb[:, :-1] / y_b[:, :-1] ** 3
+    D1, S1 = d / y_b[:, 1:], -d * d * y_bb[:, 1:] / y_b[:, 1:] ** 3
+    f0, f1 = bg[:, :-1], bg[:, 1:]
+    jump = f1 - f0
+    coefficients = (f0, D, S / 2,
+                    10 * jump - 6 * D - 4 * D1 - 1.5 * S + 0.5 * S1,
+                    -15 * jump + 8 * D + 7 * D1 + 1.5 * S - S1,
+                    6 * jump - 3 * D - 3 * D1 - 0.5 * S + 0.5 * S1)
+    k = (torch.searchsorted(yg.contiguous(), y.contiguous()) - 1).clamp(0, yg.shape[1] - 2)
+    s = (y - yg.gather(1, k)) / d.gather(1, k)
+    out = coefficients[5].gather(1, k)
+    for coefficient in coefficients[4::-1]:
+        out = out * s + coefficient.gather(1, k)
+    return out
+
+
+def _rows_compressed_start(q, target, c, n, live, *, h, tol, max_iter):
+    """Batched `compressed_start` for inner rows: log-weights (R, G) read off the fit of each row's Gauss
+    pseudo-tokens (`_rows_gauss`) through the inverse of y(b), and a bool (R,) saying where that worked
+    (elsewhere the caller's start stays)."""
+    torch = _torch()
+    Q = c + q.sum(1)
+    top = (n * Q ** (n - 1))[:, None]
+    finfo = torch.finfo(q.dtype)
+    r = (target / (q.clamp_min(finfo.tiny) * top)).clamp(1e-300, 1.0 - 1e-15)
+    y = torch.where(live, r.log() - torch.log1p(-r), torch.zeros_like(r))
+    Y, W = _rows_gauss(y, torch.where(live, q, torch.zeros_like(q)))
+    keep = W > 0
+    real = keep.sum(1)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : int(real.max().item())]
+    Y, W = Y.gather(1, order), W.gather(1, order)  # the nodes first, padding after
+    small_live = W > 0
+    small_target = W * top / (1.0 + torch.exp(-Y))
+    b0 = _rows_rescale(W, small_target, c, n, torch.where(small_live, Y, torch.zeros_like(Y)), small_live, 2 * h)
+    fit = fit_rows(W, small_target, c, torch.ones_like(c), b0, small_live, n, h=h, tol=tol, max_iter=max_iter,
+                   warm=True)  # small: no step-2h phase, as in `fit_system`
+    ok = fit["gradient_norm"][:, -1] <= tol
+    b = torch.where(small_live, fit["b"], torch.nan)
+    lo = torch.nan_to_num(b, nan=math.inf).amin(1) - 1.0
+    hi = torch.nan_to_num(b, nan=-math.inf).amax(1) + 1.0
+    y_lo = torch.where(live, y, torch.full_like(y, math.inf)).amin(1)
+    y_hi = torch.where(live, y, torch.full_like(y, -math.inf)).amax(1)
+    for _ in range(30):  # widen each row's grid until y(b) covers its tokens' y
+        NG = int(torch.ceil(((hi - lo) / CURVE).max()).item()) + 1
+        bg = lo[:, None] + (hi - lo)[:, None] * torch.linspace(0.0, 1.0, NG, dtype=q.dtype, device=q.device)
+        yg, y_b, y_bb = _rows_curve(W, c, n, fit["t"], fit["kernel"], fit["m"], bg, h)
+        ok = ok & torch.isfinite(yg).all(1) & (yg.diff(dim=1) > 0).all(1) & (y_b > 0).all(1)
+        short_lo, short_hi = ok & (yg[:, 0] > y_lo), ok & (yg[:, -1] < y_hi)
+        if not bool((short_lo | short_hi).any()):
+            break
+        lo, hi = lo - 2.0 * short_lo, hi + 2.0 * short_hi
+    else:
+        ok = ok & ~(short_lo | short_hi)
+    return torch.where(live, _rows_hermite_inverse(yg, bg, y_b, y_bb, y), torch.zeros_like(y)), ok
 
 
 @dataclass(frozen=True, eq=False)
@@ -1658,9 +1812,16 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         finfo = torch.finfo(dtype)  # 1 − 1e-12 is 1 in float32: log1p(−r) would be −∞
         r = (p_in / (n * q_in.clamp_min(finfo.tiny) * QH ** (n - 1))).clamp(finfo.tiny, 1 - finfo.eps)
         b0 = torch.where(live, r.log() - torch.log1p(-r), torch.zeros_like(r))
-        b0 = _rows_rescale(q_in, p_in, c, n, b0, live, 2 * step)
+        warm = torch.zeros_like(c, dtype=torch.bool)
+        if G >= LARGE and dtype == torch.float64:  # float32 cannot fit the pseudo-system to tol/80
+            b_read, warm = _rows_compressed_start(q_in, p_in, c, n, live, h=step, tol=tol / 80, max_iter=max_iter)
+            b0 = torch.where(warm[:, None], b_read, b0)
+        cold = ~warm
+        if bool(cold.any()):
+            b0[cold] = _rows_rescale(q_in[cold], p_in[cold], c[cold], n, b0[cold], live[cold], 2 * step)
         fit = fit_rows(q_in, p_in, c, torch.ones_like(c), b0, live, n, h=step, tol=tol / 8,
-                       max_iter=max_iter)
+                       max_iter=max_iter, warm=bool(warm.all()))
+        info["compressed"] = int(warm.sum())
         w = torch.where(live, fit["b"].exp(), torch.zeros_like(q_in))
         weights[rows] = weights[rows].scatter(1, idx[rows, :G], torch.where(in_H[rows, :G], w,
                                                                               weights[rows].gather(1, idx[rows, :G])))

@@ -198,6 +198,56 @@ def test_float32_on_near_tight_systems_fails_loudly_not_wrongly():
     assert bool(r32.success.any()) and bool((r32.certified_l1[r32.success] <= 1e-4).all())
 
 
+def test_batched_gauss_rule_is_exact_to_degree_2m_minus_1():
+    # per bin: Σ W Yᵈ = Σ q yᵈ for d < 2m; a bin of j ≤ m distinct points (ties, sparse tails) keeps them
+    rng = np.random.default_rng(3)
+    y = np.sort(np.concatenate([rng.uniform(0.0, 3.0, 300), [3.5, 3.5, 3.5, 3.7], [5.2]]))
+    q = rng.random(y.size)
+    m, width = exact.GAUSS_POINTS, exact.GAUSS_WIDTH
+    pad = np.zeros(7)  # padding (q = 0) as in a batch row
+    Y, W = exact._rows_gauss(torch.tensor(np.append(y, pad))[None], torch.tensor(np.append(q, pad))[None])
+    Y, W = Y[0].numpy()[W[0].numpy() > 0], W[0].numpy()[W[0].numpy() > 0]
+    for cell in np.unique(np.floor(y / width)):
+        inside, nodes = np.floor(y / width) == cell, np.floor(Y / width) == cell
+        centre = y[inside].mean()
+        for d in range(2 * m):
+            exact_moment = q[inside] @ (y[inside] - centre) ** d
+            assert W[nodes] @ (Y[nodes] - centre) ** d == pytest.approx(exact_moment, rel=1e-9, abs=1e-12)
+    np.testing.assert_allclose(np.sort(Y[Y > 3.4]), [3.5, 3.7, 5.2], rtol=1e-12)
+    np.testing.assert_allclose(np.sort(W[Y > 3.4]), np.sort([q[-5:-2].sum(), q[-2], q[-1]]), rtol=1e-12)
+
+
+def test_batched_compressed_start_is_certified_at_once_and_matches_numpy():
+    # inner systems of ~1000 tokens: the pseudo-token fit, read off, is certified by its first evaluation
+    P, Q = map(np.array, zip(*(_zipf_top_k(3000, 1000, seed=s) for s in range(4))))
+    result = solve_batch(torch.tensor(P), torch.tensor(Q), 8)
+    assert bool(result.success.all()) and float(result.certified_l1.max()) <= 1e-10
+    assert result.info["compressed"] == 4 and result.info["gradient_norm"]["inner"].shape[1] == 1
+    for i in range(4):  # the numpy path's own evaluation of the batched weights: acc = p on H*
+        s = exact.layout(P[i], Q[i], 8)
+        H = s["tokens"][: s["k_star"]]
+        assert set(H) == set(np.flatnonzero(result.h_star[i].numpy()))
+        live = s["pv"][: s["k_star"]] > 0
+        qH, pH = s["qv"][: s["k_star"]], s["pv"][: s["k_star"]]
+        system = exact.System(qH[live], pH[live], float(qH[~live].sum()), 8, 1)
+        here = exact.evaluate_at(system, np.log(result.weights[i, H[live]].numpy()), exact.STEP)
+        assert here["gnorm"] <= 1e-10
+
+
+def test_batched_compressed_start_falls_back_where_it_fails(monkeypatch):
+    P, Q = map(np.array, zip(*(_zipf_top_k(3000, 1000, seed=s) for s in range(2))))
+    start = exact._rows_compressed_start
+
+    def half(*args, **kwargs):  # the second row's start "fails": it must be fitted from the plain start
+        b, ok = start(*args, **kwargs)
+        return b, ok & torch.tensor([True, False])
+
+    monkeypatch.setattr(exact, "_rows_compressed_start", half)
+    result = solve_batch(torch.tensor(P), torch.tensor(Q), 8)
+    assert result.info["compressed"] == 1 and bool(result.success.all())
+    assert float(result.certified_l1.max()) <= 1e-10
+
+
 def test_chi_square_large_vocabulary():
     rng = np.random.default_rng(2026)
     V, k, n, B = 5000, 50, 4, 60_000
