@@ -1813,7 +1813,7 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         r = (p_in / (n * q_in.clamp_min(finfo.tiny) * QH ** (n - 1))).clamp(finfo.tiny, 1 - finfo.eps)
         b0 = torch.where(live, r.log() - torch.log1p(-r), torch.zeros_like(r))
         warm = torch.zeros_like(c, dtype=torch.bool)
-        if G >= LARGE and dtype == torch.float64:  # float32 cannot fit the pseudo-system to tol/80
+        if G >= LARGE and dtype == torch.float64:  # in float32 the pseudo fit meets NaNs: the plain start
             b_read, warm = _rows_compressed_start(q_in, p_in, c, n, live, h=step, tol=tol / 80, max_iter=max_iter)
             b0 = torch.where(warm[:, None], b_read, b0)
         cold = ~warm
