@@ -33,7 +33,7 @@ Large systems (k = 1000 to V; the inner one, or a large segment) are not fitted 
 optimum every token's log-weight is one smooth function of y = logit(p/(q n Qⁿ⁻¹)) (inner; `ratio_range`
 for segments), so the fit of a few hundred Gauss pseudo-tokens (`gauss_bins`), read off through that
 function (`compressed_start`), is already optimal for all of them to ~1e-14, and one evaluation of the
-full system certifies it (over 4096 tokens a blocked one, `certify`, that reads E once in cache).
+full system certifies it (over 4096 tokens from moments, `moment_certificate`: no O(G·K) matrix at all).
 
 Two exact shortcuts: tokens with equal p/q (common with float16 or bfloat16 logits) share their optimal
 weight, so each run of them is fitted as one token (`merge_ties`); and with n = 2 the integral is a finite
@@ -210,8 +210,8 @@ def quadrature_bound(system: System, acc, w, t, h: float, terms: int | None = No
     the strip bound β Σ acc / (1 − β) (`strip_bound`; acc itself is only known to within β), the
     left-tail remainder (`left_bound`), the right truncation (at most TAIL·Q, `grid`) and rounding:
     sums of K positive terms in acc (K·2⁻⁵³ relative), and φ = c + Σ_v q_v e^{−t w_v}, a sum of at most
-    `terms` positive terms in sequence (default: one per token; `certify` adds blocks) whose relative
-    error enters the kernel φⁿ⁻¹ n − 1 times."""
+    `terms` positive terms in sequence (default: one per token; 1 in `moment_certificate`, which bounds
+    its own φ) whose relative error enters the kernel φⁿ⁻¹ n − 1 times."""
     terms = system.q.size + 1 if terms is None else terms
     beta = strip_bound(h) + (t.size + (system.n - 1) * terms) * 2.0**-53
     return beta / (1 - beta) * float(np.abs(acc).sum()) + left_bound(system, w, float(t[0]), h) + TAIL * system.Q
@@ -704,8 +704,7 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
     from the same kind of start with bins four times wider when it is large itself), read off at every
     token through the inverse of y(b) from that fit's φ. A segment's pseudo-system is pinned at its
     largest target, like the segment. None when the system is small, the bins do not halve it, or the
-    pseudo fit fails; else (b, reference), reference = (pseudo-system, its fitted log-weights) for
-    `certify`."""
+    pseudo fit fails."""
     n, G, c0 = system.n, system.q.size, system.c0
     bottom, top = ratio_range(system)
     if G < LARGE or not top > bottom:  # n = 1 segments: R is constant, any weights do
@@ -723,11 +722,9 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
         target *= (system.Q**n - system.c**n) / target.sum()
     small = System(W, target, system.c, n, c0)
     pin = None if c0 == 1 else int(np.argmax(small.target))
-    start = compressed_start(small, h, tol, 4 * width)
-    warm = start is not None
-    if warm:
-        b0 = start[0]
-    else:
+    b0 = compressed_start(small, h, tol, 4 * width)
+    warm = b0 is not None
+    if not warm:
         b0 = rescale(small, inner_start(small.q, small.target, small.Q, n), 2 * h) if c0 == 1 else \
             np.log(small.target / small.q)
     if pin is not None:
@@ -747,68 +744,128 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
         elif yg[-1] < y.max():
             hi += 2.0
         else:
-            return hermite_inverse(yg, bg, y_b, y_bb, y), (small, fit["b"])
+            return hermite_inverse(yg, bg, y_b, y_bb, y)
     return None
 
 
-CERTIFY_BLOCK = 512  # tokens per block of `certify`: a 512 × K block of E stays in cache
-BLOCKED = 4096  # systems with more tokens than this are certified by `certify` (below, E fits in cache anyway)
+# ------------------------------------------------------------ the certificate of a large system, from moments
+# At k = V evaluating the full system at its read-off weights is one pass over the 49 000 × 100 matrix
+# E = e^{−t w}: ~10 ms, most of a token. But E_vk = f(b_v + s_k) with f(x) = exp(−e^x) and s = log t, and f is
+# entire with |f(z)| = exp(−e^{Re z} cos Im z) ≤ 1 on the strip |Im z| < π/2. So within a bin of b of width δ
+# (centre β, d = b − β) a Taylor series in d with M terms represents E to r^M, r = δ/2ρ (Cauchy on a disc of
+# radius ρ < π/2), and both φ = c + Σ_v q_v E_v· and acc(v) = n q_v w_v Σ_k κ_k E_vk + (left tail) need only
+# per-bin moments of d and per-(bin, node) Taylor coefficients: O(G·M + bins·K·M) instead of O(G·K).
+MOMENT_BIN = 0.125  # δ, the bin width in b
+MOMENT_TERMS = 12  # M: r^M = 16^−12 ≈ 3.6e-15 at ρ = 1 (k = V: bound 3e-13 to 2e-12, measured error ≤ 5e-15)
+MOMENT_RADIUS = 1.0  # ρ
+MOMENTS = 2500  # systems with more tokens than this are certified from moments (crossover with `evaluate`: ~2500)
+U_CAP = 700.0  # u = e^{β} t is capped here before the powers uᵐ: f there is below e^{−600}, see below
 
 
-def certify(system: System, b, reference, *, h: float, tol: float) -> dict:
-    """The certificate of log-weights b in one pass over E = e^{−t w}, in blocks of CERTIFY_BLOCK
-    tokens (k = V: 16 → 9 ms; the whole 49 000 × 100 E does not fit in cache), as a `fit_system` dict
-    (`evaluation` None).
+@functools.lru_cache(maxsize=4)
+def taylor_table(M: int) -> np.ndarray:
+    """T[i, m] = S(i, m)/i! (Stirling numbers of the second kind), so that the Taylor coefficients of
+    f(x + d) = exp(−u e^d) in d are c_i(u) = e^{−u} Σ_m T[i, m] (−u)^m (Faà di Bruno: f⁽ⁱ⁾ = f·Σ_m S(i,m)(−e^x)^m)."""
+    S = np.zeros((M, M))
+    S[0, 0] = 1.0
+    for i in range(1, M):
+        for m in range(1, i + 1):
+            S[i, m] = m * S[i - 1, m] + S[i - 1, m - 1]  # exact: S(i, m) < 2⁵³ for i < 21
+    T = S / np.array([math.factorial(i) for i in range(M)])[:, None]
+    T.setflags(write=False)
+    return T
 
-    `evaluate` needs E twice, for φ = c + q E and then for acc = n q w (E κ) with the kernel κ = dt φⁿ⁻¹.
-    Here acc' is taken with the kernel κ' of a reference φ' (the fitted pseudo-tokens of
-    `compressed_start`, on the same nodes) while the same pass sums the true φ and ψ = (q w) E. As E ≥ 0,
-    ‖acc − acc'‖₁ = Σ_v n q_v w_v |Σ_k E_vk (κ_k − κ'_k)| ≤ n Σ_k |κ_k − κ'_k| ψ_k (the left tail is the
-    same in both), which joins the quadrature bound; where the pseudo fit read off well it is ~1e-15."""
-    n, c0 = system.n, system.c0
+
+def moment_certificate(system: System, b, *, h: float, tol: float, delta: float = MOMENT_BIN,
+                       M: int = MOMENT_TERMS, rho: float = MOMENT_RADIUS) -> dict:
+    """The certificate of log-weights b without the matrix E (notes above), as a `fit_system` dict
+    (`evaluation` None, `compression` the bound below).
+
+    Tokens are binned by b (⌊b/δ⌋, sorted), μ_{j,i} = Σ_{v∈j} q_v d_vⁱ, u_jk = e^{β_j} t_k, and
+    c_i(u) = e^{−u} Σ_m T[i,m] (−u)^m (`taylor_table`). Then φ̃_k = c + Σ_j Σ_{i<M} μ_{j,i} c_i(u_jk),
+    κ̃ = dt φ̃ⁿ⁻¹, and per token S̃(b_v) = Σ_{i<M} σ_{j,i} d_vⁱ with σ_{j,i} = Σ_k κ̃_k c_i(u_jk);
+    acc(v) = q_v w_v (n S̃(b_v) + the left tail of `integrals`). The bound on ‖acc − acc_h‖₁ (acc_h: the
+    step-h rule with E, as `evaluate`) adds, with A(u) = exp(−u e^{−ρ} cos ρ) ≥ |f| on the disc (Cauchy:
+    |c_i| ≤ A ρ^{−i}) and C_i = e^{−u} Σ_m T[i,m] uᵐ ≥ |c_i|, Σ_i C_i (δ/2)ⁱ ≤ Γ(u) = exp(−u (2 − e^{δ/2}))
+    (the Touchard generating function) as the scale of every rounding:
+    - φ: |φ_k − φ̃_k| ≤ Δ_k = Σ_j mass_j [A r^M/(1 − r) + (n_j + J + 4M + 10) 2⁻⁵³ Γ] (n_j tokens in bin j),
+      so |κ_k − κ̃_k| ≤ dt (n − 1)(φ̃ + Δ)ⁿ⁻² Δ, which moves acc by at most n Σ_k |κ_k − κ̃_k| ψ̄_k with
+      ψ̄_k = Σ_j (Σ_{v∈j} q_v w_v) exp(−t_k e^{β_j − δ/2}) ≥ Σ_v q_v w_v E_vk;
+    - S: per bin, Σ_k κ̃_k [A r^M/(1 − r) + (K + 3M + 10) 2⁻⁵³ Γ], times n Σ_{v∈j} q_v w_v.
+    The quadrature bound (strip, tails, K-term sums) is added as for `evaluate`."""
+    n, c0, q = system.n, system.c0, system.q
     w = np.exp(b)
     lo, hi = grid(w, n, c0, h)
     t = nodes(lo, hi, h)
     dt = node_table(lo, hi, h, c0)[0]
-    small, small_b = reference
-    kernel_ref = dt * (small.q @ exponentials(np.exp(small_b), t) + small.c) ** (n - 1)
-    kernel_ref[kernel_ref < FLUSH] = 0.0
-    qw = system.q * w
-    phi, psi, Ek = np.full(t.size, system.c), np.zeros(t.size), np.empty(w.size)
-    for a in range(0, w.size, CERTIFY_BLOCK):
-        block = slice(a, a + CERTIFY_BLOCK)
-        E = exponentials(w[block], t)
-        phi += system.q[block] @ E
-        psi += qw[block] @ E
-        Ek[block] = E @ kernel_ref
-    kernel = dt * phi ** (n - 1)
+    K, eps = t.size, 2.0**-53
+    given, order = b, None
+    if (b[1:] < b[:-1]).any():  # read-off weights come sorted (y is); others are sorted here
+        order = np.argsort(b, kind="stable")
+        b, q, w = b[order], q[order], w[order]
+    cell = np.floor(b / delta)
+    starts = np.flatnonzero(np.concatenate([[True], cell[1:] != cell[:-1]]))
+    counts = np.diff(np.append(starts, b.size))
+    J = starts.size
+    beta = (cell[starts] + 0.5) * delta
+    d = b - np.repeat(beta, counts)
+    powers = np.empty((M, b.size))
+    powers[0] = q
+    for i in range(1, M):
+        np.multiply(powers[i - 1], d, out=powers[i])
+    mu = np.add.reduceat(powers, starts, axis=1)  # μ_{j,i} = Σ_{v∈j} q_v d_vⁱ, (M, J)
+    qw = q * w
+    qw_bin = np.add.reduceat(qw, starts)
+    u = np.exp(beta)[:, None] * t  # (J, K)
+    uc = np.minimum(u, U_CAP)
+    X = np.empty((M, J, K))  # e^{−u} (−u)^m
+    X[0] = np.exp(-uc)
+    for m in range(1, M):
+        np.multiply(X[m - 1], -uc, out=X[m])
+    T = taylor_table(M)
+    phi = np.einsum("mj,mjk->jk", T.T @ mu, X).sum(0) + system.c  # per bin (M terms), then over bins (J)
+    r = delta / (2 * rho)
+    A = np.exp(-u * (math.exp(-rho) * math.cos(rho)))
+    gamma = np.exp(-u * (2.0 - math.exp(delta / 2)))
+    # a capped u (e^β t > 700) has f ≤ exp(−700 e^{−δ/2}) < 1e-267 at every token of its bin, true and computed
+    capped = np.where(u > U_CAP, 2 * math.exp(-U_CAP * math.exp(-delta / 2)), 0.0)
+    Delta = mu[0] @ (A * (r**M / (1 - r)) + capped) + (eps * (counts + J + 4 * M + 10) * mu[0]) @ gamma
+    phi_hi = np.maximum(phi, 0.0) + Delta
+    kernel = dt * np.maximum(phi, 0.0) ** (n - 1)
     kernel[kernel < FLUSH] = 0.0
+    sigma = T @ np.einsum("mjk,k->mj", X, kernel)  # (M, J): S's Taylor coefficients per bin
+    S = np.repeat(sigma[M - 1], counts)
+    for i in range(M - 2, -1, -1):  # Horner in d, per token
+        S *= d
+        S += np.repeat(sigma[i], counts)
     m = float(qw.sum())
     a_, b_ = left_tail(system, m, float(t[0]), h)
-    acc = (n * Ek + (a_ - b_ * w)) * qw
+    acc = (n * S + (a_ - b_ * w)) * qw
+    if order is not None:
+        acc[order] = acc.copy()
+    psi = qw_bin @ np.exp(-np.minimum(np.exp(beta - delta / 2)[:, None] * t, U_CAP))
+    kernel_error = dt * (n - 1) * phi_hi ** max(n - 2, 0) * Delta if n >= 2 else np.zeros(K)
+    per_bin = (A * (r**M / (1 - r)) + capped + eps * (K + 3 * M + 10) * gamma) @ kernel
+    compression = n * float(kernel_error @ psi) + n * float(qw_bin @ per_bin)
     l1 = float(np.abs(acc - system.target).sum())
-    reference_error = n * float(np.abs(kernel - kernel_ref) @ psi)
-    rounding_terms = min(CERTIFY_BLOCK, w.size) + math.ceil(w.size / CERTIFY_BLOCK) + 1  # per block, then blocks
-    quadrature = quadrature_bound(system, acc, w, t, h, rounding_terms) + reference_error
-    return dict(b=b, acc=acc, l1=l1, quadrature=quadrature,
-                objective=[objective(system, b, phi, m, lo, hi, h)], gradient_norm=[l1], nodes=t.size,
-                converged=l1 <= tol and reference_error <= tol, evaluation=None,
-                reference_error=reference_error)
+    quadrature = quadrature_bound(system, acc, w, t, h, terms=1) + compression  # φ's own rounding is in Δ
+    return dict(b=given, acc=acc, l1=l1, quadrature=quadrature,
+                objective=[objective(system, given, phi, m, lo, hi, h)], gradient_norm=[l1], nodes=K,
+                converged=l1 <= tol and compression <= tol, evaluation=None, compression=compression)
 
 
 def warm_fit(system: System, *, h: float, tol: float, max_iter: int, pin=None):
-    """The fit from `compressed_start`, certified by `certify` above BLOCKED tokens, else by `fit_system`
-    (which also takes Newton steps if the first evaluation misses): the converged `fit_system` dict, or
-    None (no start, or no convergence from it). Log-weights pinned at `pin` (segments: acc is invariant
-    to a common shift, so the start and its reference move together)."""
-    start = compressed_start(system, h, tol / 10)
-    if start is None:
+    """The fit from `compressed_start`, certified from moments above MOMENTS tokens (`moment_certificate`),
+    else by `fit_system` (which also takes Newton steps if the first evaluation misses): the converged
+    `fit_system` dict, or None (no start, or no convergence from it). Log-weights pinned at `pin` (segments:
+    acc is invariant to a common shift)."""
+    b0 = compressed_start(system, h, tol / 10)
+    if b0 is None:
         return None
-    b0, (small, small_b) = start
-    shift = 0.0 if pin is None else b0[pin]
-    out = certify(system, b0 - shift, (small, small_b - shift), h=h, tol=tol) if system.q.size > BLOCKED else None
+    b0 = b0 if pin is None else b0 - b0[pin]
+    out = moment_certificate(system, b0, h=h, tol=tol) if system.q.size > MOMENTS else None
     if out is None or not out["converged"]:
-        out = fit_system(system, b0 - shift, h=h, tol=tol, max_iter=max_iter, pin=pin, warm=True)
+        out = fit_system(system, b0, h=h, tol=tol, max_iter=max_iter, pin=pin, warm=True)
     return out if out["converged"] else None
 
 

@@ -458,18 +458,18 @@ def test_compressed_start_of_a_large_system(n):
     # is already optimal for the full system: its first evaluation certifies it, no Newton step needed;
     # small systems get no compressed start
     system, cold = _inner_system(20000, 2000, n, seed=n)
-    warm, reference = exact.compressed_start(system, exact.STEP, 1e-13)
+    warm = exact.compressed_start(system, exact.STEP, 1e-13)
     here = exact.evaluate(system, warm, *exact.grid(np.exp(warm), n, 1, exact.STEP), exact.STEP)
     assert np.abs(here["acc"] - system.target).sum() <= 1e-11
     from_warm = exact.fit_system(system, warm, tol=1e-11, warm=True)
     from_cold = exact.fit_system(system, cold, tol=1e-11)
     assert len(from_warm["gradient_norm"]) == 1 and from_cold["l1"] <= 1e-11
     np.testing.assert_allclose(from_warm["acc"], from_cold["acc"], rtol=0, atol=2e-11)
-    # the blocked certificate (acc with the pseudo-tokens' kernel, the true φ summed in the same pass):
-    # its bound covers what it differs by from the plain evaluation, and it certifies here
-    blocked = exact.certify(system, warm, reference, h=exact.STEP, tol=1e-11)
-    assert blocked["converged"] and blocked["reference_error"] < 1e-13
-    assert np.abs(blocked["acc"] - here["acc"]).sum() <= blocked["quadrature"]
+    # the certificate from moments (no matrix E): its bound covers what it differs by from the plain
+    # evaluation, and it certifies here
+    moments = exact.moment_certificate(system, warm, h=exact.STEP, tol=1e-11)
+    assert moments["converged"] and moments["compression"] < 1e-11
+    assert np.abs(moments["acc"] - here["acc"]).sum() <= moments["quadrature"]
     assert exact.compressed_start(exact.System(system.q[:200], system.target[:200], 0.0, n, 1), exact.STEP,
                                   1e-13) is None
     # 300 tokens whose ratios lie in 300 different bins cannot be compressed: no start, the plain fit runs
@@ -541,10 +541,10 @@ def test_compressed_start_agrees_with_the_cold_fit(case):
 
 
 @pytest.mark.parametrize("n", [4, 8])
-def test_blocked_certificate_of_a_large_system(n):
+def test_moment_certificate_of_a_large_system(n):
     # 6000 tokens: the inner system (n = 4) or the one segment of all tokens (n = 8, α* = 1) is certified
-    # by `certify` (acc with the pseudo-tokens' kernel, the true φ summed in the same blocked pass): the
-    # full system evaluated token by token at the fitted weights is within the fit's bound of what it reports
+    # from moments (`moment_certificate`, no matrix E): the full system evaluated token by token at the
+    # fitted weights is within the fit's bound of what it reports
     p, q = _zipf_top_k(6000, 6000, seed=n)
     s = exact.layout(p, q, n)
     if n == 4:
@@ -556,13 +556,33 @@ def test_blocked_certificate_of_a_large_system(n):
         assert s["k_star"] == 0 and s["starts"][0] - s["ends"][0] == 6000
         system = exact.System(s["qv"], s["targets"], 0.0, n, 0)
         fit = exact.fit_segment(s, n, 0, h=exact.STEP, tol=1e-11, max_iter=100)
-    assert system.q.size > exact.BLOCKED and fit["evaluation"] is None  # certified by `certify`
-    assert fit["converged"] and len(fit["gradient_norm"]) == 1 and fit["reference_error"] < 1e-12
+    assert system.q.size > exact.MOMENTS and fit["evaluation"] is None  # certified from moments
+    assert fit["converged"] and len(fit["gradient_norm"]) == 1 and fit["compression"] < 1e-11
     full = exact.evaluate_at(system, fit["b"], exact.STEP)
     assert np.abs(full["acc"] - fit["acc"]).sum() <= fit["quadrature"]
     assert full["gnorm"] <= fit["l1"] + fit["quadrature"] <= 1e-11
     plan = gr.solve(gr.Problem(p, q, n), method="exact")
     assert plan.success and plan.info["certified_l1"] <= 1e-10
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_moment_certificate_bound_covers_its_error(case):
+    # arbitrary weights (not fitted: e^±25, ties, unsorted), both kinds of system, c > 0, n from 1 to 64:
+    # acc from moments is within its bound of acc from the matrix E (`evaluate`), and the bound is small;
+    # with too few Taylor terms the bound grows with the error and the certificate fails instead of lying
+    rng = np.random.default_rng(case)
+    G, n, c0 = int(rng.integers(3000, 9000)), [1, 2, 4, 16, 64][case % 5], case % 2
+    q = rng.dirichlet(np.full(G, 0.5)) * 0.9
+    b = rng.normal(0.0, [2.0, 8.0][case % 2], G) + rng.uniform(-5, 5)
+    if case % 3 == 0:
+        b = np.round(b, 1)  # ties
+    system = exact.System(q, np.full(G, 1.0 / G), 0.1 * (case % 4 == 0), n, c0)
+    full = exact.evaluate_at(system, b, exact.STEP)
+    for M, small in ((exact.MOMENT_TERMS, True), (4, False)):
+        out = exact.moment_certificate(system, b, h=exact.STEP, tol=1e-10, M=M)
+        rounding = (full["t"].size + n) * 2.0**-53 * np.abs(full["acc"]).sum()  # `evaluate`'s own
+        assert np.abs(out["acc"] - full["acc"]).sum() <= out["compression"] + rounding, (case, M)
+        assert (out["compression"] < 1e-11 * n) == small, (case, M, out["compression"])  # Σ acc ≤ n Qⁿ
 
 
 def test_tied_tokens_are_fitted_once_on_a_real_full_vocabulary_pair():
