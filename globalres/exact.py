@@ -1345,6 +1345,8 @@ def sample(problem: Problem, drafts, rng: np.random.Generator, *, tol: float = 1
 # The same fit as above, batched over "rows": each row is one system (the inner system of a context,
 # or one non-singleton segment), padded to a common width with q = 0 entries that carry no mass.
 # Only the draft support enters H* and the segments, so a context costs O(k log k + V) plus the fit.
+# Inner rows of at least LARGE tokens (float64) start from the batched compressed start (`_rows_gauss`:
+# m-point Gauss rules per bin, all bins of all rows at once), so their first full evaluation certifies them.
 
 
 def _torch():
