@@ -1402,8 +1402,9 @@ def _rows_integrals(q, c, n, c0, w, E, t, h):
 
 
 def _rows_exp(w, t):
-    """e^{−t w} (R, G, K), the exponent capped at EXP_CAP (no slow denormals)."""
-    return (-(w[:, :, None] * t[:, None, :]).clamp(max=EXP_CAP)).exp()
+    """e^{−t w} (R, G, K), the exponent capped at EXP_CAP (no slow denormals); in place after the product,
+    so the largest tensor of a batch is allocated once (k = 1000, B = 4096: 3.6 GB)."""
+    return (w[:, :, None] * t[:, None, :]).clamp_(max=EXP_CAP).neg_().exp_()
 
 
 def _rows_evaluate(q, target, c, n, c0, b, t, h, hessian=True):
