@@ -794,8 +794,11 @@ def moment_certificate(system: System, b, *, h: float, tol: float, delta: float 
     - φ: |φ_k − φ̃_k| ≤ Δ_k = Σ_j mass_j [A r^M/(1 − r) + (n_j + J + 4M + 10) 2⁻⁵³ Γ] (n_j tokens in bin j),
       so |κ_k − κ̃_k| ≤ dt (n − 1)(φ̃ + Δ)ⁿ⁻² Δ, which moves acc by at most n Σ_k |κ_k − κ̃_k| ψ̄_k with
       ψ̄_k = Σ_j (Σ_{v∈j} q_v w_v) exp(−t_k e^{β_j − δ/2}) ≥ Σ_v q_v w_v E_vk;
-    - S: per bin, Σ_k κ̃_k [A r^M/(1 − r) + (K + 3M + 10) 2⁻⁵³ Γ], times n Σ_{v∈j} q_v w_v.
-    The quadrature bound (strip, tails, K-term sums) is added as for `evaluate`."""
+    - S: per bin, Σ_k κ̃_k [A r^M/(1 − r) + (K + 4M + 10) 2⁻⁵³ Γ], times n Σ_{v∈j} q_v w_v.
+    The rounding counts are first-order, per chain of operations: e^{−u}(−u)^m (m products and an exp
+    within 4 ulp), the moments (n_j + M: sequential sums of products), T (M), the sum over m (M), then over
+    bins (J) for φ; over nodes (K), T (M) and Horner (2M) for S. The quadrature bound (strip, tails, K-term
+    sums of the final acc) is added as for `evaluate`."""
     n, c0, q = system.n, system.c0, system.q
     w = np.exp(b)
     lo, hi = grid(w, n, c0, h)
@@ -848,7 +851,7 @@ def moment_certificate(system: System, b, *, h: float, tol: float, delta: float 
         acc[order] = acc.copy()
     psi = qw_bin @ np.exp(-np.minimum(np.exp(beta - delta / 2)[:, None] * t, U_CAP))
     kernel_error = dt * (n - 1) * phi_hi ** max(n - 2, 0) * Delta if n >= 2 else np.zeros(K)
-    per_bin = (A * (r**M / (1 - r)) + capped + eps * (K + 3 * M + 10) * gamma) @ kernel
+    per_bin = (A * (r**M / (1 - r)) + capped + eps * (K + 4 * M + 10) * gamma) @ kernel
     compression = n * float(kernel_error @ psi) + n * float(qw_bin @ per_bin)
     l1 = float(np.abs(acc - system.target).sum())
     quadrature = quadrature_bound(system, acc, w, t, h, terms=1) + compression  # φ's own rounding is in Δ
