@@ -1820,7 +1820,9 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
     tol : certified L1 and acceptance-gap target per context.
 
     Cost per context: one sort of the k drafted tokens, O(V) for the residual, and the Newton fit
-    of the needed systems in O(k·K) per iteration (K ≈ 100–200 quadrature nodes), whatever n is.
+    of the needed systems in O(k·K) per iteration (K ≈ 100–200 quadrature nodes), whatever n is. Inner
+    systems of at least LARGE tokens (float64) start from the fit of their Gauss pseudo-tokens, and
+    their first full evaluation certifies them (`info["compressed"]` counts those rows).
     """
     torch = _torch()
     start_time = time.perf_counter()
