@@ -739,15 +739,17 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
     lo, hi = float(fit["b"].min()) - 1.0, float(fit["b"].max()) + 1.0
     for _ in range(30):  # widen the grid until y(b) covers every token's y
         bg = np.linspace(lo, hi, int(math.ceil((hi - lo) / CURVE)) + 1)
-        yg, y_b, y_bb = ratio_curve(small, here, h, bg)
-        if not (np.isfinite(yg).all() and (np.diff(yg) > 0).all() and (y_b > 0).all()):
-            return None
+        with np.errstate(over="ignore", invalid="ignore"):  # a far end where R rounds to R∞: checked below
+            yg, y_b, y_bb = ratio_curve(small, here, h, bg)
+        if not (np.isfinite(yg).all() and (np.diff(yg) > 0).all() and (y_b > 0).all() and np.isfinite(y_bb).all()):
+            return None  # (y_bb overflows where R nears R∞ at the grid's far end: such a start is no start)
         if yg[0] > y.min():
             lo -= 2.0
         elif yg[-1] < y.max():
             hi += 2.0
         else:
-            return hermite_inverse(yg, bg, y_b, y_bb, y)
+            b = hermite_inverse(yg, bg, y_b, y_bb, y)
+            return b if np.isfinite(b).all() else None
     return None
 
 
@@ -761,6 +763,7 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
 MOMENT_BIN = 0.125  # δ, the bin width in b
 MOMENT_TERMS = 12  # M: r^M = 16^−12 ≈ 3.6e-15 at ρ = 1 (k = V: bound 3e-13 to 2e-12, measured error ≤ 5e-15)
 MOMENT_RADIUS = 1.0  # ρ
+MOMENT_CHUNK = 64  # tokens per partial sum of the moments
 MOMENTS = 2500  # systems with more tokens than this are certified from moments (crossover with `evaluate`: ~2500)
 U_CAP = 700.0  # u = e^{β} t is capped here before the powers uᵐ: f there is below e^{−600}, see below
 
@@ -791,12 +794,13 @@ def moment_certificate(system: System, b, *, h: float, tol: float, delta: float 
     step-h rule with E, as `evaluate`) adds, with A(u) = exp(−u e^{−ρ} cos ρ) ≥ |f| on the disc (Cauchy:
     |c_i| ≤ A ρ^{−i}) and C_i = e^{−u} Σ_m T[i,m] uᵐ ≥ |c_i|, Σ_i C_i (δ/2)ⁱ ≤ Γ(u) = exp(−u (2 − e^{δ/2}))
     (the Touchard generating function) as the scale of every rounding:
-    - φ: |φ_k − φ̃_k| ≤ Δ_k = Σ_j mass_j [A r^M/(1 − r) + (n_j + J + 4M + 10) 2⁻⁵³ Γ] (n_j tokens in bin j),
+    - φ: |φ_k − φ̃_k| ≤ Δ_k = Σ_j mass_j [A r^M/(1 − r) + (H_j + J + 4M + 10) 2⁻⁵³ Γ] (H_j: the longest chain
+      of additions in bin j's moments, 64 + its number of chunks),
       so |κ_k − κ̃_k| ≤ dt (n − 1)(φ̃ + Δ)ⁿ⁻² Δ, which moves acc by at most n Σ_k |κ_k − κ̃_k| ψ̄_k with
       ψ̄_k = Σ_j (Σ_{v∈j} q_v w_v) exp(−t_k e^{β_j − δ/2}) ≥ Σ_v q_v w_v E_vk;
     - S: per bin, Σ_k κ̃_k [A r^M/(1 − r) + (K + 4M + 10) 2⁻⁵³ Γ], times n Σ_{v∈j} q_v w_v.
     The rounding counts are first-order, per chain of operations: e^{−u}(−u)^m (m products and an exp
-    within 4 ulp), the moments (n_j + M: sequential sums of products), T (M), the sum over m (M), then over
+    within 4 ulp), the moments (H_j + M: sums of products), T (M), the sum over m (M), then over
     bins (J) for φ; over nodes (K), T (M) and Horner (2M) for S. The quadrature bound (strip, tails, K-term
     sums of the final acc) is added as for `evaluate`."""
     n, c0, q = system.n, system.c0, system.q
@@ -819,7 +823,12 @@ def moment_certificate(system: System, b, *, h: float, tol: float, delta: float 
     powers[0] = q
     for i in range(1, M):
         np.multiply(powers[i - 1], d, out=powers[i])
-    mu = np.add.reduceat(powers, starts, axis=1)  # μ_{j,i} = Σ_{v∈j} q_v d_vⁱ, (M, J)
+    # μ_{j,i} = Σ_{v∈j} q_v d_vⁱ (M, J), summed in chunks of ≤ MOMENT_CHUNK tokens, then over a bin's chunks:
+    # a bin of thousands of tokens rounds like a sum of ~100 terms, not of thousands (n = 64 needs that)
+    chunks = np.union1d(starts, np.arange(0, b.size, MOMENT_CHUNK))
+    first = np.searchsorted(chunks, starts)
+    mu = np.add.reduceat(np.add.reduceat(powers, chunks, axis=1), first, axis=1)
+    height = MOMENT_CHUNK + np.diff(np.append(first, chunks.size))  # additions in a chain, per bin
     qw = q * w
     qw_bin = np.add.reduceat(qw, starts)
     u = np.exp(beta)[:, None] * t  # (J, K)
@@ -835,7 +844,7 @@ def moment_certificate(system: System, b, *, h: float, tol: float, delta: float 
     gamma = np.exp(-u * (2.0 - math.exp(delta / 2)))
     # a capped u (e^β t > 700) has f ≤ exp(−700 e^{−δ/2}) < 1e-267 at every token of its bin, true and computed
     capped = np.where(u > U_CAP, 2 * math.exp(-U_CAP * math.exp(-delta / 2)), 0.0)
-    Delta = mu[0] @ (A * (r**M / (1 - r)) + capped) + (eps * (counts + J + 4 * M + 10) * mu[0]) @ gamma
+    Delta = mu[0] @ (A * (r**M / (1 - r)) + capped) + (eps * (height + J + 4 * M + 10) * mu[0]) @ gamma
     phi_hi = np.maximum(phi, 0.0) + Delta
     kernel = dt * np.maximum(phi, 0.0) ** (n - 1)
     kernel[kernel < FLUSH] = 0.0

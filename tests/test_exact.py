@@ -589,6 +589,18 @@ def test_moment_certificate_bound_covers_its_error(case):
         assert (out["compression"] < 1e-11 * n) == small, (case, M, out["compression"])  # Σ acc ≤ n Qⁿ
 
 
+def test_flat_large_problem_with_many_drafts_is_certified():
+    # 9000 near-uniform tokens, n = 64 (found by fuzzing): bins of b hold thousands of tokens, and φ's
+    # error enters the kernel φ⁶³ 63 times; summed in one chain per bin, the moments' rounding bound alone
+    # was over tol; in chunks of 64 it is 1e-12. Also: a far end of y(b) that overflows is no start.
+    rng = np.random.default_rng(35)
+    p = rng.dirichlet(np.full(9000, 5.0))
+    q = 0.8 * p + 0.2 * rng.dirichlet(np.full(9000, 5.0))
+    plan = gr.solve(gr.Problem(p, q / q.sum(), 64), method="exact")
+    assert plan.success and plan.info["certified_l1"] <= 1e-10
+    assert plan.acceptance == pytest.approx(gr.alpha_star(gr.Problem(p, q / q.sum(), 64)), abs=1e-10)
+
+
 def test_tied_tokens_are_fitted_once_on_a_real_full_vocabulary_pair():
     # bundled SmolLM2 pairs (k = V = 49152, n = 4; float16 logits): 300 to 1100 distinct ratios p/q among 30k-43k
     # inner tokens. The merged system's fit is the full system's: evaluated token by token at the expanded
