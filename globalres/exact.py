@@ -1636,27 +1636,28 @@ def _rows_gauss(y, q, width: float = GAUSS_WIDTH, m: int = GAUSS_POINTS):
     return Y.reshape(R, NB * m), W.reshape(R, NB * m)
 
 
-def _rows_curve(q, c, n, t, kernel, m, b, h):
-    """Batched `ratio_curve` for inner rows (R0 = 0): y(b), y_b, y_bb on grids b (R, NG) from a fit's
-    nodes t, kernel (R, K) and m = Σ q w (R, 1)."""
+def _rows_curve(q, c, n, c0: int, t, kernel, m, b, h):
+    """Batched `ratio_curve`: y(b), y_b, y_bb on grids b (R, NG) from a fit's nodes t, kernel (R, K) and
+    m = Σ q w (R, 1); inner rows (c0 = 1, R0 = 0) or segment rows (c0 = 0, R0 = n cⁿ⁻¹)."""
     torch = _torch()
     Q = (c + q.sum(1))[:, None]
+    bottom = 0.0 if c0 == 1 else n * c[:, None] ** (n - 1)
     w = b.exp()
     E = _rows_exp(w, t)
     S0, S1, S2 = torch.einsum("rgk,rkj->rgj", E, torch.stack([kernel, t * kernel, t * t * kernel], 2)).unbind(2)
     r1, r2, _ = tail_sums(h)
     t0 = t[:, :1]
-    L = h * t0 * Q ** (n - 1) * (r1 - t0 * r2 * (1.0 + w + (n - 1) * m / Q))
+    L = h * t0 * Q ** (n - 1) * (r1 - t0 * r2 * (c0 + w + (n - 1) * m / Q))
     dL = -h * t0**2 * Q ** (n - 1) * r2
     R = n * w * (S0 + L)
     R_w = n * (S0 - w * S1 + L + w * dL)
     R_ww = n * (w * S2 - 2 * S1 + 2 * dL)
     R_b, R_bb = w * R_w, w * R_w + w * w * R_ww
     top = n * Q ** (n - 1)
-    gap = top - R
-    y = R.log() - gap.log()
-    scale = top / (R * gap)
-    return y, R_b * scale, R_bb * scale + R_b**2 * (2 * R - top) * scale**2 / top
+    below, gap = R - bottom, top - R
+    y = below.log() - gap.log()
+    scale = (top - bottom) / (below * gap)
+    return y, R_b * scale, R_bb * scale + R_b**2 * (2 * R - bottom - top) * scale**2 / (top - bottom)
 
 
 def _rows_hermite_inverse(yg, bg, y_b, y_bb, y):
@@ -1679,28 +1680,36 @@ def _rows_hermite_inverse(yg, bg, y_b, y_bb, y):
     return out
 
 
-def _rows_compressed_start(q, target, c, n, live, *, h, tol, max_iter):
-    """Batched `compressed_start` for inner rows: log-weights (R, G) read off the fit of each row's Gauss
-    pseudo-tokens (`_rows_gauss`) through the inverse of y(b), and a bool (R,) saying where that worked
-    (elsewhere the caller's start stays)."""
+def _rows_compressed_start(q, target, c, n, c0: int, live, *, h, tol, max_iter):
+    """Batched `compressed_start`: log-weights (R, G) read off the fit of each row's Gauss pseudo-tokens
+    (`_rows_gauss`) through the inverse of y(b), and a bool (R,) saying where that worked (elsewhere the
+    caller's start stays). Inner rows (c0 = 1) or segment rows (c0 = 0, n ≥ 2: the pseudo-segment's targets
+    sum to Qⁿ − cⁿ and it is pinned at its largest target, like the segment; live holds every token)."""
     torch = _torch()
     Q = c + q.sum(1)
+    bottom = torch.zeros_like(Q)[:, None] if c0 == 1 else n * c[:, None] ** (n - 1)
     top = (n * Q ** (n - 1))[:, None]
     finfo = torch.finfo(q.dtype)
-    r = (target / (q.clamp_min(finfo.tiny) * top)).clamp(1e-300, 1.0 - 1e-15)
+    r = ((target / q.clamp_min(finfo.tiny) - bottom) / (top - bottom)).clamp(1e-300, 1.0 - 1e-15)
     y = torch.where(live, r.log() - torch.log1p(-r), torch.zeros_like(r))
     Y, W = _rows_gauss(y, torch.where(live, q, torch.zeros_like(q)))
     keep = W > 0
-    real = keep.sum(1)
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : int(real.max().item())]
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : int(keep.sum(1).max().item())]
     Y, W = Y.gather(1, order), W.gather(1, order)  # the nodes first, padding after
     small_live = W > 0
-    small_target = W * top / (1.0 + torch.exp(-Y))
-    b0 = _rows_rescale(W, small_target, c, n, torch.where(small_live, Y, torch.zeros_like(Y)), small_live, 2 * h)
-    fit = fit_rows(W, small_target, c, torch.ones_like(c), b0, small_live, n, h=h, tol=tol, max_iter=max_iter,
+    small_target = torch.where(small_live, W * (bottom + (top - bottom) / (1.0 + torch.exp(-Y))), torch.zeros_like(W))
+    if c0 == 1:
+        b0 = _rows_rescale(W, small_target, c, n, torch.where(small_live, Y, torch.zeros_like(Y)), small_live, 2 * h)
+    else:  # a segment accepts Qⁿ − cⁿ whatever its weights: targets off that sum leave a gradient floor
+        small_target = small_target * ((Q**n - c**n) / small_target.sum(1))[:, None]
+        b0 = torch.where(small_live, (small_target.clamp_min(1e-300) / W.clamp_min(1e-300)).log(), torch.zeros_like(W))
+        pin = small_target.argmax(1, keepdim=True)
+        b0 = b0 - b0.gather(1, pin)
+        small_live = small_live.scatter(1, pin, False)
+    fit = fit_rows(W, small_target, c, torch.full_like(c, c0), b0, small_live, n, h=h, tol=tol, max_iter=max_iter,
                    warm=True)  # small: no step-2h phase, as in `fit_system`
     ok = fit["gradient_norm"][:, -1] <= tol
-    b = torch.where(small_live, fit["b"], torch.nan)
+    b = torch.where(W > 0, fit["b"], torch.nan)
     lo = torch.nan_to_num(b, nan=math.inf).amin(1) - 1.0
     hi = torch.nan_to_num(b, nan=-math.inf).amax(1) + 1.0
     y_lo = torch.where(live, y, torch.full_like(y, math.inf)).amin(1)
@@ -1708,15 +1717,17 @@ def _rows_compressed_start(q, target, c, n, live, *, h, tol, max_iter):
     for _ in range(30):  # widen each row's grid until y(b) covers its tokens' y
         NG = int(torch.ceil(((hi - lo) / CURVE).max()).item()) + 1
         bg = lo[:, None] + (hi - lo)[:, None] * torch.linspace(0.0, 1.0, NG, dtype=q.dtype, device=q.device)
-        yg, y_b, y_bb = _rows_curve(W, c, n, fit["t"], fit["kernel"], fit["m"], bg, h)
-        ok = ok & torch.isfinite(yg).all(1) & (yg.diff(dim=1) > 0).all(1) & (y_b > 0).all(1)
+        yg, y_b, y_bb = _rows_curve(W, c, n, c0, fit["t"], fit["kernel"], fit["m"], bg, h)
+        ok = ok & torch.isfinite(yg).all(1) & (yg.diff(dim=1) > 0).all(1) & (y_b > 0).all(1) \
+            & torch.isfinite(y_bb).all(1)  # y_bb overflows where R nears R∞ at the far end: no start there
         short_lo, short_hi = ok & (yg[:, 0] > y_lo), ok & (yg[:, -1] < y_hi)
         if not bool((short_lo | short_hi).any()):
             break
         lo, hi = lo - 2.0 * short_lo, hi + 2.0 * short_hi
     else:
         ok = ok & ~(short_lo | short_hi)
-    return torch.where(live, _rows_hermite_inverse(yg, bg, y_b, y_bb, y), torch.zeros_like(y)), ok
+    b = torch.where(live, _rows_hermite_inverse(yg, bg, y_b, y_bb, y), torch.zeros_like(y))
+    return b, ok & torch.isfinite(b).all(1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -1891,7 +1902,7 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         b0 = torch.where(live, r.log() - torch.log1p(-r), torch.zeros_like(r))
         warm = torch.zeros_like(c, dtype=torch.bool)
         if G >= LARGE and dtype == torch.float64:  # in float32 the pseudo fit meets NaNs: the plain start
-            b_read, warm = _rows_compressed_start(q_in, p_in, c, n, live, h=step, tol=tol / 80, max_iter=max_iter)
+            b_read, warm = _rows_compressed_start(q_in, p_in, c, n, 1, live, h=step, tol=tol / 80, max_iter=max_iter)
             b0 = torch.where(warm[:, None], b_read, b0)
         cold = ~warm
         if bool(cold.any()):
@@ -1923,8 +1934,13 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         b0 = b0 - b0.gather(1, pin[:, None])
         live = valid.clone()
         live[torch.arange(live.shape[0], device=P.device), pin] = False
+        warm = torch.zeros_like(c, dtype=torch.bool)
+        if width >= LARGE and n > 1 and dtype == torch.float64:  # n = 1: R is constant, any weights do
+            b_read, warm = _rows_compressed_start(q_s, t_s, c, n, 0, valid, h=step, tol=tol / 80, max_iter=max_iter)
+            b0 = torch.where(warm[:, None], b_read - b_read.gather(1, pin[:, None]), b0)
         fit = fit_rows(q_s, t_s, c, torch.zeros_like(c), b0, live, n, h=step, tol=tol / 8,
-                       max_iter=max_iter)
+                       max_iter=max_iter, warm=bool(warm.all()))
+        info["compressed segments"] = int(warm.sum())
         b = torch.where(valid, fit["b"], torch.full_like(q_s, -math.inf))
         w = (b - b.max(1, keepdim=True).values).exp()
         tokens = idx[seg_rows[:, None], span]

@@ -234,6 +234,23 @@ def test_batched_compressed_start_is_certified_at_once_and_matches_numpy():
         assert here["gnorm"] <= 1e-10
 
 
+def test_batched_compressed_start_of_a_large_segment():
+    # α* = 1 and the whole draft support (3000 tokens) is one outer segment (as in the numpy test below):
+    # the batched pseudo-segment, pinned like it, certifies the segment rows at their first evaluation, and
+    # the numpy path's own evaluation of the batched weights (any common scale: a segment's gauge) gives
+    # acc = t on every token
+    P, Q = map(np.array, zip(*(_zipf_top_k(3000, 3000, seed=1) for _ in range(2))))
+    drafts = torch.tensor([[int(np.argmax(Q[0]))] * 4] * 2)
+    result = solve_batch(torch.tensor(P), torch.tensor(Q), 4, drafts=drafts)
+    assert bool(result.success.all()) and result.info["compressed segments"] == 2
+    assert result.info["gradient_norm"]["segments"].shape[1] == 1
+    s = exact.layout(P[0], Q[0], 4)
+    span = np.arange(s["ends"][0], s["starts"][0])
+    system = exact.System(s["qv"][span], s["targets"][span], float(s["Qc"][s["ends"][0]]), 4, 0)
+    w = result.weights[0, s["tokens"][span]].numpy()
+    assert np.abs(exact.evaluate_at(system, np.log(w), exact.STEP)["acc"] - system.target).sum() <= 1e-10
+
+
 def test_batched_compressed_start_falls_back_where_it_fails(monkeypatch):
     P, Q = map(np.array, zip(*(_zipf_top_k(3000, 1000, seed=s) for s in range(2))))
     start = exact._rows_compressed_start
