@@ -761,7 +761,7 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
 # radius ρ < π/2), and both φ = c + Σ_v q_v E_v· and acc(v) = n q_v w_v Σ_k κ_k E_vk + (left tail) need only
 # per-bin moments of d and per-(bin, node) Taylor coefficients: O(G·M + bins·K·M) instead of O(G·K).
 MOMENT_BIN = 0.125  # δ, the bin width in b
-MOMENT_TERMS = 12  # M: r^M = 16^−12 ≈ 3.6e-15 at ρ = 1 (k = V: bound 3e-13 to 2e-12, measured error ≤ 5e-15)
+MOMENT_TERMS = 12  # M: r^M = 16^−12 ≈ 3.6e-15 at ρ = 1 (k = V: bound 1e-13 to 5e-13, measured error ≤ 5e-15)
 MOMENT_RADIUS = 1.0  # ρ
 MOMENT_CHUNK = 64  # tokens per partial sum of the moments
 MOMENTS = 2500  # systems with more tokens than this are certified from moments (crossover with `evaluate`: ~2500)
