@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 import globalres as gr
-from globalres import viz
+from globalres import otlp, viz
 
 LAWS = gr.LAWS
 SOURCES = ("preset", "random", "logits", "manual")
@@ -29,6 +30,12 @@ MAX_V_RANDOM = 64
 MAX_V_MANUAL = 16
 MAX_V_UPLOAD = 512
 MAX_K_REAL = 100  # draft top-k on the real-model page; the problem keeps these tokens plus one "other"
+ICON = Path(__file__).resolve().parent / "assets" / "favicon.png"  # a local file: material icons are fetched
+MAX_FLOW_EDGES = 30_000  # networkx's max-flow: ~2 s at 2·10⁴ token-to-multiset edges, 40 s at 1.2·10⁵
+# the library's advice names its API; in the app the same advice is a page
+APP_ADVICE = {"Use method='exact'": "In this app, the exact solver (Side by side, Convex reduction) has no size "
+                                    "limit; or lower V or n in the sidebar.",
+              "for other draft laws": "In this app, the OTLP and Max-flow pages take every draft law."}
 VERIFIERS = ("sps", "nss", "naive", "kseq", "rrs", "rrs_wor", "spechub", "greedy", "khisti_is")
 
 # name -> default value: every entry of the shared state, page-specific ones included.
@@ -252,7 +259,7 @@ def navigation() -> None:
 
 def page_setup(title: str, caption: str = "", *, stop_on_error: bool = True) -> gr.Problem | None:
     """Sync the URL, draw the title and the shared sidebar, and return the current Problem."""
-    st.set_page_config(page_title=f"{title} · globalres", page_icon=":material/target:", layout="wide")
+    st.set_page_config(page_title=f"{title} · globalres", page_icon=str(ICON), layout="wide")
     warnings = sync_url()
     with st.sidebar:
         navigation()
@@ -341,7 +348,7 @@ def _solve(key: tuple, method: str, options: tuple) -> Outcome:
     try:
         plan = gr.solve(problem, method=method, **dict(options))
     except gr.InputError as err:
-        return Outcome(method, note=str(err))
+        return Outcome(method, note=advised(str(err)))
     except Exception as err:  # noqa: BLE001 — the page shows a solver bug as a message, never a traceback
         return Outcome(method, note=f"{method} raised {type(err).__name__}: {err}. Please report this instance "
                                     f"(copy the URL).")
@@ -352,11 +359,22 @@ def _solve(key: tuple, method: str, options: tuple) -> Outcome:
     return Outcome(method, plan, seconds, note)
 
 
+def advised(note: str) -> str:
+    """A library message with the app's version of its advice appended (`APP_ADVICE`)."""
+    return " ".join([note] + [advice for key, advice in APP_ADVICE.items() if key in note])
+
+
 def solve(problem: gr.Problem, method: str, **options) -> Outcome:
-    """A cached solve keyed by the problem, method and options, with a spinner while it runs."""
+    """A cached solve keyed by the problem, method and options, with a spinner while it runs. Max-flow
+    gets the app's smaller size limit (MAX_FLOW_EDGES): past it networkx takes minutes."""
     if not available(method):
         return Outcome(method, note=f"The {method!r} method is not available in this installation yet.",
                        missing=True)
+    if method in ("maxflow", "opt_maxflow"):
+        try:
+            otlp.check_size(problem, options.get("group", "multiset"), MAX_FLOW_EDGES, name="the app's max-flow")
+        except gr.InputError as err:
+            return Outcome(method, note=advised(str(err)))
     with st.spinner(f"Solving with {method}…"):
         return _solve(problem.key(), method, tuple(sorted(options.items())))
 
@@ -419,9 +437,10 @@ def weights(plan: gr.Plan) -> np.ndarray | None:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def monte_carlo(key: tuple, method: str, draws: int, seed: int) -> np.ndarray:
-    """Counts of output tokens over `draws` sampling steps: drafts from the law, output from π(·|ω)."""
-    plan = _solve(key, method, ()).plan
+def monte_carlo(key: tuple, method: str, draws: int, seed: int, options: dict | None = None) -> np.ndarray:
+    """Counts of output tokens over `draws` sampling steps: drafts from the law, output from π(·|ω) (the plan of
+    `method` with solver `options`)."""
+    plan = _solve(key, method, tuple(sorted((options or {}).items()))).plan
     rng = np.random.default_rng(seed)
     drafts = plan.problem.sample_drafts(rng, draws)
     pi = plan.conditionals(drafts)  # (draws, V)

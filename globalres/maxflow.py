@@ -81,7 +81,7 @@ def solve(problem: Problem, *, group: str = "multiset", max_variables: int = MAX
     of ψ), and info: "graph" (Ω with capacities), "flow" S (V, N), "flow_value", "cut_value"
     (= 1 + ψ(H*) = p(H*) + 1 − Q(H*ⁿ)), "groups", "group_probs", "member", "plan", "seconds".
     """
-    check_size(problem, group, max_variables)
+    check_size(problem, group, max_variables, name="max-flow")
     start = time.perf_counter()
     reps, Q, member = draft_groups(problem, group)
     V = problem.V
@@ -114,7 +114,7 @@ def solve_sliced(problem: Problem, *, group: str = "multiset", max_variables: in
     if problem.law != "iid":
         raise InputError("opt_maxflow needs the outer targets of Thm 6.2, known for law='iid' only; "
                          "use method='maxflow' or 'lp' for other draft laws.")
-    check_size(problem, group, max_variables)
+    check_size(problem, group, max_variables, name="max-flow")
     start = time.perf_counter()
     H = np.sort(h_star(problem))
     inside = problem.mask(H)

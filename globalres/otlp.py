@@ -55,8 +55,10 @@ def group_count(problem: Problem, group: str = "multiset") -> int:
     return sum(math.comb(s, k) for k in range(1, min(n, s) + 1))
 
 
-def check_size(problem: Problem, group: str = "multiset", max_variables: int = MAX_VARIABLES) -> int:
-    """Raise InputError if the OTLP is past `max_variables`; return its variable count."""
+def check_size(problem: Problem, group: str = "multiset", max_variables: int = MAX_VARIABLES,
+               name: str = "the exact LP") -> int:
+    """Raise InputError if the OTLP is past `max_variables`; return its variable count (`name`: the solver
+    whose limit it is, for the message; max-flow's network has one edge per OTLP variable)."""
     if group not in GROUPS:
         raise InputError(f"group must be one of {', '.join(GROUPS)}; got {group!r}.")
     N = group_count(problem, group)
@@ -64,7 +66,7 @@ def check_size(problem: Problem, group: str = "multiset", max_variables: int = M
     if size > max_variables:
         raise InputError(
             f"The OTLP for V = {problem.V}, n = {problem.n} has {N:.3g} draft {group}s × {problem.V} tokens "
-            f"= {size:.3g} variables, past the exact LP's limit of {max_variables:.3g}. "
+            f"= {size:.3g} variables, past {name}'s limit of {max_variables:.3g}. "
             f"Use method='exact' (no size limit), or group='set' for a smaller LP."
         )
     return size

@@ -1,5 +1,7 @@
 """Distributions: choose p, q, n and the draft law; every other page uses this problem."""
 
+import math
+
 import streamlit as st
 
 import globalres as gr
@@ -91,6 +93,7 @@ with edit:
             for col, name, values in ((cols[1], "p", p), (cols[2], "q", q)):
                 key = ui.wkey(f"{name}{i}")
                 value = float(values[i]) if i < len(values) and ui._is_float(values[i]) else 0.0
+                value = value if math.isfinite(value) else 0.0  # the error above names it; a widget cannot hold it
                 col.number_input(f"{name} weight of token {i}", value=max(value, 0.0), min_value=0.0, step=0.01,
                                  format="%.4f", key=key, label_visibility="collapsed", on_change=_set_entry,
                                  args=(name, i, key))
@@ -102,6 +105,9 @@ with edit:
                 cols[0].markdown(f"`{i}`")
             cols[3].write(f"{float(p[i]) / total_p:.3f}" if ui._is_float(p[i]) else "?")
             cols[4].write(f"{float(q[i]) / total_q:.3f}" if i < len(q) and ui._is_float(q[i]) else "?")
+        if len(p) > ui.MAX_V_MANUAL:
+            st.caption(f"The editor shows the first {ui.MAX_V_MANUAL} of {len(p)} tokens; the others keep their "
+                       "weights (they are in the URL).")
         b1, b2 = st.columns(2)
         b1.button("Add a token", on_click=_resize, args=(1,), disabled=len(p) >= ui.MAX_V_MANUAL)
         b2.button("Remove the last token", on_click=_resize, args=(-1,), disabled=len(p) <= 1)

@@ -5,9 +5,11 @@ import streamlit as st
 import ui
 from globalres import viz
 
-problem = ui.page_setup("Side by side", "Three formulations of one problem; they must agree on α*.")
+problem = ui.page_setup("Side by side", "The OTLP, the max-flow and the convex reduction of one problem: "
+                                        "they must agree on α*.")
 a = ui.alpha(problem.key())
-views = {"OTLP (full LP)": ui.solve(problem, "lp"), "Max-flow": ui.solve(problem, "maxflow"),
+views = {"OTLP (full LP)": ui.solve(problem, "lp"),
+         "Max-flow": ui.solve(problem, "maxflow"),
          "Convex reduction": ui.solve(problem, "exact")}
 if not views["Convex reduction"].ok and ui.available("global_resolution"):
     views["Convex reduction"] = ui.solve(problem, "global_resolution")

@@ -8,9 +8,11 @@ from globalres import viz
 problem = ui.page_setup("Verifiers", "Acceptance P(output ∈ drafts) of each verifier for this problem, "
                                      "against the optimum α*.")
 a = ui.alpha(problem.key())
+tau = float(ui.state()["tau"])  # Global Resolution's τ, as chosen on Convex reduction (shared state, in the URL)
+OPTIONS = {"global_resolution": dict(tau=tau)}
 names, accs, lossless, rows, missing = [], [], [], [], []
 for method in ("exact", "lp", "global_resolution") + ui.VERIFIERS:
-    out = ui.solve(problem, method)
+    out = ui.solve(problem, method, **OPTIONS.get(method, {}))
     if out.missing:
         missing.append(method)
         continue
@@ -18,7 +20,7 @@ for method in ("exact", "lp", "global_resolution") + ui.VERIFIERS:
         rows.append({"verifier": method, "acceptance": None, "‖output − p‖₁": None, "lossless": "—",
                      "note": out.note})
         continue
-    errors = ui.audit_errors(problem, method)
+    errors = ui.audit_errors(problem, method, **OPTIONS.get(method, {}))
     ok = errors is None or errors[0] <= 1e-6
     names.append(method)
     accs.append(out.plan.acceptance)
@@ -26,7 +28,8 @@ for method in ("exact", "lp", "global_resolution") + ui.VERIFIERS:
     rows.append({"verifier": method, "acceptance": out.plan.acceptance,
                  "‖output − p‖₁": None if errors is None else errors[0],
                  "lossless": ("not checked" if errors is None else "✓ yes" if ok else "✗ no"),
-                 "note": ("truncated (τ = 1e-3): Lemma 6.6 allows ‖output − p‖₁ ≤ 1.5e-2"
+                 "note": (f"truncated (τ = {ui.state()['tau']}, set on Convex reduction): Lemma 6.6 allows "
+                          f"‖output − p‖₁ ≤ {15 * tau:.1e}"
                           if method == "global_resolution"
                           else "" if errors is not None else f"more than {ui.MAX_AUDIT:,} draft tuples")})
 
@@ -52,9 +55,9 @@ with right:
     with c2:
         ui.bind(st.number_input, "ms", "seed", min_value=0, step=1)
     with st.spinner("Sampling…"):
-        counts = ui.monte_carlo(problem.key(), method, int(s["mc"]), int(s["ms"]))
+        counts = ui.monte_carlo(problem.key(), method, int(s["mc"]), int(s["ms"]), OPTIONS.get(method, {}))
     ui.chart(viz.mc_histogram(problem, counts), "monte_carlo", "ver.mc")
-    errors = ui.audit_errors(problem, method)
+    errors = ui.audit_errors(problem, method, **OPTIONS.get(method, {}))
     if errors is None:
         st.info(f"More than {ui.MAX_AUDIT:,} draft tuples: losslessness not checked by enumeration here.")
     elif errors[0] <= 1e-6:

@@ -167,6 +167,42 @@ def test_otlp_size_guard_explains_itself():
     assert "past the exact LP's limit" in text and "exact" in text
 
 
+def test_max_flow_refuses_what_would_take_minutes_and_says_where_to_go():
+    # V = 20, n = 4: 1.8·10⁵ edges, 40 s or more in networkx; the app stops at MAX_FLOW_EDGES without solving
+    at = run("pages/3_Max_flow.py", {"src": "random", "V": "20", "n": "4", "seed": "3"})
+    assert not at.exception
+    text = " ".join(w.value for w in at.warning)
+    assert "past the app's max-flow's limit of 3e+04" in text and "In this app, the exact solver" in text
+    assert "method=" in text  # the library's advice stays, for the Python user
+
+
+def test_url_with_an_infinite_weight_is_an_error_not_a_traceback():
+    at = run("pages/1_Distributions.py", {"src": "manual", "p": "inf,1,1", "q": "1,1,1"})
+    assert not at.exception
+    assert any("infinite" in e.value for e in at.error)
+
+
+def test_hand_editor_says_when_it_shows_only_some_tokens():
+    p = ",".join(["1"] * 20)
+    at = run("pages/1_Distributions.py", {"src": "manual", "p": p, "q": p})
+    assert_clean(at)
+    assert any("first 16 of 20 tokens" in c.value for c in at.caption)
+
+
+def test_verifiers_use_the_tau_chosen_on_convex_reduction():
+    # the table's Global Resolution row is the plan at the τ in the shared state (set on Convex reduction):
+    # its enumerated ‖output − p‖₁ is within Lemma 6.6's 15τ and falls with τ, and the note names that τ
+    params, l1 = {"src": "random", "V": "6", "seed": "2", "n": "3"}, {}
+    for tau in ("1e-5", "1e-3"):
+        at = run("pages/6_Verifiers.py", dict(params, tau=tau))
+        assert not at.exception
+        table = at.dataframe[0].value
+        row = table[table["verifier"] == "global_resolution"].iloc[0]
+        l1[tau] = row["‖output − p‖₁"]
+        assert l1[tau] <= 15 * float(tau) and f"τ = {tau}" in row["note"], (tau, dict(row))
+    assert l1["1e-5"] < l1["1e-3"] / 10
+
+
 def test_otlp_backend_choice():
     at = run("pages/2_OTLP.py", {"be": "pot"})
     assert_clean(at)
