@@ -120,11 +120,12 @@ with view:
         st.stop()
     H = ui.hstar(problem.key())
     a = ui.alpha(problem.key())
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4 = st.columns([1.6, 0.8, 0.8, 1.6])  # room for α*'s six decimals and Vⁿ's digits
     c1.metric("α* = 1 + ψ(H*)", f"{a:.6f}")
     c2.metric("|H*|", len(H))
     c3.metric("V", problem.V)
-    c4.metric("draft tuples Vⁿ", f"{problem.V ** problem.n:,}")
+    tuples = problem.V ** problem.n
+    c4.metric("draft tuples Vⁿ", f"{tuples:,}" if tuples < 10**7 else f"{tuples:.3g}")
     ui.chart(viz.distributions(problem, H), "distributions", "dist.bars")
     st.dataframe(
         {"token": [problem.label(i) for i in range(problem.V)], "p": problem.p, "q": problem.q,
