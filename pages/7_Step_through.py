@@ -108,7 +108,8 @@ if play:
     for stage in STAGES:
         draw(stage)
         time.sleep(0.8)
-    s["stage"] = 4
+    ui.replace_state({"stage": max(STAGES)})  # the slider and the URL follow the animation to its last stage
+    st.rerun()
 else:
     draw(int(s["stage"]))
 st.caption(f"π(·|ω) from the {method!r} plan (acceptance {plan.acceptance:.6f}, α* = "

@@ -228,6 +228,10 @@ def test_step_through_new_drafts_and_stages():
     at.select_slider[0].set_value(4).run()
     assert_clean(at)
     assert at.success or at.warning, "stage 4 says accepted or rejected"
+    at.select_slider[0].set_value(1).run()
+    next(b for b in at.button if b.label == "▶ Play").click().run()  # the slider and URL end at the last stage
+    assert_clean(at)
+    assert at.select_slider[0].value == 4 and "stage" not in at.query_params  # 4 is the default: not in the URL
 
 
 def test_side_by_side_agrees_on_alpha_star():
