@@ -189,15 +189,21 @@ def replace_state(changes: dict) -> None:
     st.session_state["gr.gen"] = generation() + 1
 
 
+RECENT_URLS = 16  # URLs this session wrote lately: a rerun can arrive with one of them before the newest
+
+
 def sync_url() -> list[str]:
     """Read the URL once per change from outside, then mirror the state into it.
 
     Streamlit clears the query parameters when the user switches pages; an empty query is therefore
-    not a request to reset, and the state is simply written back.
+    not a request to reset, and the state is simply written back. A query this session wrote itself a
+    few reruns ago is not a change from outside either: on fast input (arrow keys on a slider) the
+    browser's URL lags the state, and reading it back undid the newest inputs.
     """
     params = st.query_params.to_dict()
+    recent = st.session_state.setdefault("gr.urls", [])
     warnings = []
-    if params and params != st.session_state.get("gr.url"):
+    if params and params != st.session_state.get("gr.url") and params not in recent:
         new, warnings = parse_params(params)
         st.session_state["gr.state"] = new
         st.session_state["gr.gen"] = generation() + 1
@@ -205,6 +211,9 @@ def sync_url() -> list[str]:
     if params != encoded:
         st.query_params.from_dict(encoded)
     st.session_state["gr.url"] = encoded
+    if encoded not in recent:
+        recent.append(encoded)
+        del recent[:-RECENT_URLS]
     return warnings
 
 
