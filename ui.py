@@ -168,8 +168,9 @@ def problem_from_state(state: dict) -> gr.Problem:
 
 def manual_state_from(problem: gr.Problem) -> dict:
     """The manual-source entries that reproduce `problem` exactly."""
-    # labels are comma-separated in the state: a comma inside a label (a real token) becomes "‚"
-    labels = [s.replace(",", "‚").strip() or repr(s) for s in problem.labels] if problem.labels else []
+    # labels are comma-separated in the state: a comma inside a label (a real token) becomes "‚", and a space
+    # "␣", so that real tokens " a" and "a" stay two labels (the state's labels are stripped)
+    labels = [s.replace(",", "‚").replace(" ", "␣") or repr(s) for s in problem.labels] if problem.labels else []
     return {"src": "manual", "p": ",".join(repr(float(x)) for x in problem.p),
             "q": ",".join(repr(float(x)) for x in problem.q), "lab": ",".join(labels)}
 

@@ -276,6 +276,10 @@ def test_manual_state_reproduces_a_problem_bit_for_bit():
     rebuilt = ui.problem_from_state(ui.parse_params(ui.encode_params(state))[0])
     np.testing.assert_array_equal(rebuilt.p, problem.p)
     np.testing.assert_array_equal(rebuilt.q, problem.q)
+    # real tokens that differ only by a space, or hold a comma, keep distinct labels
+    tokens = gr.Problem([0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4], 2, labels=[" a", "a", "a,b", " "])
+    labels = ui.problem_from_state(dict(ui.DEFAULTS, **ui.manual_state_from(tokens))).labels
+    assert len(set(labels)) == 4 and labels[0] == "␣a" and labels[1] == "a"
 
 
 def _bytes(save, *args, **kwargs) -> bytes:
@@ -480,7 +484,7 @@ def test_real_model_page_on_a_bundle(monkeypatch, tmp_path):
         shared = ui.problem_from_state(at.session_state["gr.state"])
         copied = realdata.load_bundled(tmp_path / "pairs.npz").problem(1, 3, top_k=4, fold=True)
         np.testing.assert_array_equal(shared.p, copied.p)
-        assert shared.labels == tuple(s.replace(",", "‚").strip() or repr(s) for s in copied.labels)
+        assert shared.labels == tuple(s.replace(",", "‚").replace(" ", "␣") or repr(s) for s in copied.labels)
     finally:
         ui.real_pairs.clear()
         ui.real_problem_key.clear()
