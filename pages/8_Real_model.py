@@ -44,6 +44,8 @@ if out.ok:
     m4.metric("solve time", ui.ms(out.seconds))
 else:
     ui.show_outcome(out)
+st.caption("These are this position's numbers; the sidebar's α* is the shared problem's, the one the other "
+           "pages show (\"Explore this pair\" below makes this pair the shared one).")
 
 left, right = st.columns([3, 2], gap="large")
 with left:
