@@ -136,8 +136,7 @@ def psi_chain(problem: Problem) -> go.Figure:
                     # at either end of the chain a centred label would be cut by the plot's edge
                     textposition="bottom right" if k == 0 else "bottom left" if k == len(x) - 1 else "bottom center",
                     marker=dict(size=16, color=BLACK, symbol="star"))
-    fig.update_xaxes(title="prefix (tokens by q/p ↓); shaded: H*, outer segments",
-                     tickvals=x, ticktext=names)
+    fig.update_xaxes(title="prefix, tokens by q/p ↓ (shaded: H*, segments)", tickvals=x, ticktext=names)
     fig.update_yaxes(title="ψ(H) = p(H) − Q(Hⁿ)")
     return _style(fig, "ψ along the q/p-sorted chain")
 
@@ -199,7 +198,10 @@ def mc_histogram(problem: Problem, counts: np.ndarray) -> go.Figure:
                     error_y=dict(type="data", array=err, color=BLACK))
     fig.update_xaxes(title="output token", type="category")
     fig.update_yaxes(title="frequency", rangemode="tozero")
-    return _style(fig, "Monte Carlo: output tokens against p", 380)
+    fig = _style(fig, "Monte Carlo: output tokens against p", 430)
+    # below the axis: at the top right the two long entries ran into the title in a half-width column
+    return fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, x=0, xanchor="left"),
+                             margin=dict(b=100))
 
 
 def step_bars(problem: Problem, drafts, pi: np.ndarray, output: int | None = None) -> go.Figure:

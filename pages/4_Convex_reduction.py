@@ -28,7 +28,8 @@ with segs:
                       "mass M_l": masses,
                       "targets t(v)": [", ".join(f"{targets[int(t)]:.4f}" for t in g) for g in segments]},
                      hide_index=True, width="stretch")
-        st.latex(r"M_l = Q(H_{r_l}^n) - Q(H_{r_{l+1}}^n),\quad \rho(v) \propto p(v) - t(v)")
+        st.latex(r"M_l = Q(H_{r_l}^n) - Q(H_{r_{l+1}}^n)")  # two lines: one was cut off in this column
+        st.latex(r"\rho(v) \propto p(v) - t(v)")
         st.caption("A segment receives the draft mass of tuples whose most under-drafted outer draft lies in "
                    "it; rejections are redrawn from the residual ρ.")
 

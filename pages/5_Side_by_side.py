@@ -30,7 +30,8 @@ for col, (name, out) in zip(cols, views.items()):
             # the ψ chain needs no solver: show it with the sorted scan's α*
             ui.show_outcome(out)
             st.markdown(f"α* (sorted scan) = **{a:.8f}**")
-            ui.chart(viz.psi_chain(problem).update_layout(height=420, showlegend=False, title="ψ chain and H*"),
+            ui.chart(viz.psi_chain(problem).update_layout(height=420, showlegend=False, title="ψ chain and H*")
+                     .update_xaxes(title="prefix by q/p ↓"),
                      "side_psi", "sbs.psi")
             continue
         if not ui.show_outcome(out):
@@ -43,8 +44,8 @@ for col, (name, out) in zip(cols, views.items()):
             fig = viz.flow_network(problem, plan.info["groups"], plan.info["group_probs"], plan.info["flow"],
                                    plan.h_star, title="flow network, min cut")
             fig.update_traces(text=None, selector=dict(name="draft multisets"))  # no room for labels here
-        else:
-            fig = viz.psi_chain(problem).update_layout(title="ψ chain and H*")
+        else:  # a third of the page: the axis title short enough not to be cut
+            fig = viz.psi_chain(problem).update_layout(title="ψ chain and H*").update_xaxes(title="prefix by q/p ↓")
         fig.update_layout(height=min(fig.layout.height or 420, 560), showlegend=False)
         ui.chart(fig, f"side_{out.method}", f"sbs.{out.method}")
 st.caption(f"H* = {{{', '.join(problem.label(i) for i in ui.hstar(problem.key()))}}} · "
