@@ -97,14 +97,17 @@ else:
     if start:
         with st.spinner("Loading SmolLM2-135M and its draft (about 15 s the first time)…"):
             pair = ui.live_pair()
+        bar = st.progress(0.0, text=f"Decoding: the first round of {n} draft branches and a target call…")
         box, decoded = st.empty(), []
         try:
             for token in live.decode(pair, prompt, n=n, method=method, draft_len=draft_len,
                                      max_new_tokens=new_tokens, top_k=k):
                 decoded.append(token)
                 box.markdown(viz.live_html(decoded), unsafe_allow_html=True)
+                bar.progress(min(len(decoded) / new_tokens, 1.0), text=f"{len(decoded)} of {new_tokens} tokens")
         except gr.InputError as err:
             st.error(str(err))
+        bar.empty()
         totals = live.summary(decoded)
         l1, l2, l3 = st.columns(3)
         l1.metric("tokens per target call", f"{totals['tokens_per_call']:.2f}")

@@ -132,6 +132,7 @@ def test_real_model_page_decodes_a_typed_prompt():
     at.slider[-2].set_value(4)  # new tokens
     at.button[0].click().run()  # the form's submit button
     assert not at.exception and not at.error, [e.value for e in at.exception]
+    assert not at.get("progress"), "the progress bar is gone once the decode is done"
     html = " ".join(m.value for m in at.markdown)
     assert "border-bottom:3px solid" in html  # the coloured tokens
     labels = [m.label for m in at.metric]
