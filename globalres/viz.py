@@ -174,8 +174,10 @@ def acceptance_bars(names: list[str], acceptance: list[float], alpha_star: float
     """Acceptance of each verifier against the optimum α* (a vertical line)."""
     colours = [GREEN if ok else VERMILLION for ok in (lossless or [True] * len(names))]
     text = [f"{a:.4f}" + ("" if ok else " (lossy!)") for a, ok in zip(acceptance, lossless or [True] * len(names))]
+    # values inside the bars, at their ends: outside, those near α* sat on its dashed line
     fig = go.Figure(go.Bar(y=names, x=acceptance, orientation="h", marker_color=colours, text=text,
-                           textposition="outside", hovertemplate="%{y}: %{x:.6f}<extra></extra>"))
+                           textposition="auto", insidetextanchor="end", insidetextfont=dict(color="white"),
+                           hovertemplate="%{y}: %{x:.6f}<extra></extra>"))
     fig.add_vline(x=alpha_star, line=dict(color=BLACK, dash="dash", width=2),
                   annotation_text=f"α* = {alpha_star:.4f}", annotation_position="top")
     fig.update_xaxes(title="acceptance P(output ∈ drafts)", range=[0, 1.3 if not all(lossless or [True]) else 1.12])

@@ -32,7 +32,9 @@ with side:
                                                                                   " ≠ H* (a tie)"))
     sliced = ui.solve(problem, "opt_maxflow")
     st.subheader("Optimised max-flow")
-    if ui.show_outcome(sliced):
+    if not sliced.ok and sliced.note == out.note:
+        st.caption("The same size limit as the max-flow (left).")
+    elif ui.show_outcome(sliced):
         st.metric("α (one slice per tuple)", f"{sliced.plan.acceptance:.6f}")
         st.caption("Solves only the inner (ω ⊆ H*) or the outer slice of the network, whichever the "
                    "observed tuple needs (Thm 5.1).")

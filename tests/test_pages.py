@@ -193,6 +193,7 @@ def test_max_flow_refuses_what_would_take_minutes_and_says_where_to_go():
     text = " ".join(w.value for w in at.warning)
     assert "past the app's max-flow's limit of 3e+04" in text and "In this app, the exact solver" in text
     assert "method=" in text  # the library's advice stays, for the Python user
+    assert len(at.warning) == 1 and any("same size limit" in c.value for c in at.caption)  # said once
 
 
 def test_url_with_an_infinite_weight_is_an_error_not_a_traceback():
