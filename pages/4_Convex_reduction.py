@@ -71,6 +71,10 @@ for col, (method, name) in zip(cols, METHODS.items()):
             inner = np.isin(np.arange(problem.V), plan.h_star if plan.h_star is not None else [])
             ui.chart(viz.token_weights(problem, weights, inner, "weights: w = e^b (inner, H*), e^a (outer)"),
                      f"weights_{method}", f"cx.w.{method}")
+            if method == "global_resolution":
+                st.caption("The inner weights of the exact rule are unique (its convex program is strictly "
+                           "convex on H*); these solve Global Resolution's truncated program at τ, so they can "
+                           "differ from the exact solver's by far more than α does.")
         objective, gradient = ui.series(plan.info), ui.series(plan.info, "gradient_norm")
         if objective:
             ui.chart(viz.traces(objective, f"objective per {ITERATION[method]}", "objective"), f"objective_{method}",
