@@ -20,7 +20,7 @@ import numpy as np
 import streamlit as st
 
 import globalres as gr
-from globalres import otlp, viz
+from globalres import viz
 
 LAWS = gr.LAWS
 SOURCES = ("preset", "random", "logits", "manual")
@@ -381,10 +381,7 @@ def solve(problem: gr.Problem, method: str, **options) -> Outcome:
         return Outcome(method, note=f"The {method!r} method is not available in this installation yet.",
                        missing=True)
     if method in ("maxflow", "opt_maxflow"):
-        try:
-            otlp.check_size(problem, options.get("group", "multiset"), MAX_FLOW_EDGES, name="the app's max-flow")
-        except gr.InputError as err:
-            return Outcome(method, note=advised(str(err)))
+        options.setdefault("max_variables", MAX_FLOW_EDGES)
     with st.spinner(f"Solving with {method}…"):
         return _solve(problem.key(), method, tuple(sorted(options.items())))
 

@@ -675,19 +675,25 @@ def ratio_curve(system: System, here: dict, h: float, b):
     return y, y_b, y_bb
 
 
+def hermite_coefficients(yg, bg, y_b, y_bb):
+    """Per interval of the grid (last axis), its width Δ and the six coefficients in s = (y − yg_k)/Δ_k of
+    the quintic matching b, B' = 1/y_b and B'' = −y_bb/y_b³ at both ends (arithmetic and slicing only:
+    numpy arrays or torch tensors, one grid or one per row)."""
+    d = yg[..., 1:] - yg[..., :-1]
+    D, S = d / y_b[..., :-1], -d * d * y_bb[..., :-1] / y_b[..., :-1] ** 3  # Δ·B' and Δ²·B'' at the left ends
+    D1, S1 = d / y_b[..., 1:], -d * d * y_bb[..., 1:] / y_b[..., 1:] ** 3  # and at the right ends
+    f0, jump = bg[..., :-1], bg[..., 1:] - bg[..., :-1]
+    return d, (f0, D, S / 2,
+               10 * jump - 6 * D - 4 * D1 - 1.5 * S + 0.5 * S1,
+               -15 * jump + 8 * D + 7 * D1 + 1.5 * S - S1,
+               6 * jump - 3 * D - 3 * D1 - 0.5 * S + 0.5 * S1)
+
+
 def hermite_inverse(yg, bg, y_b, y_bb, y):
     """B(y) by quintic Hermite interpolation of the inverse of b ↦ y on the grid (bg, yg): values,
     B' = 1/y_b and B'' = −y_bb/y_b³ at the nodes (interpolation error ~ Δ⁶ B⁽⁶⁾/46080 per interval),
     as a polynomial in s = (y − yg_k)/Δ_k per interval, so a token costs a Horner sum."""
-    d = np.diff(yg)
-    D, S = d / y_b[:-1], -d * d * y_bb[:-1] / y_b[:-1] ** 3  # Δ·B' and Δ²·B'' at the left ends
-    D1, S1 = d / y_b[1:], -d * d * y_bb[1:] / y_b[1:] ** 3  # and at the right ends
-    f0, f1 = bg[:-1], bg[1:]
-    jump = f1 - f0
-    coefficients = (f0, D, S / 2,
-                    10 * jump - 6 * D - 4 * D1 - 1.5 * S + 0.5 * S1,
-                    -15 * jump + 8 * D + 7 * D1 + 1.5 * S - S1,
-                    6 * jump - 3 * D - 3 * D1 - 0.5 * S + 0.5 * S1)
+    d, coefficients = hermite_coefficients(yg, bg, y_b, y_bb)
     order = np.argsort(y, kind="stable") if (y[1:] < y[:-1]).any() else None  # y comes sorted but at a segment's end
     ys = y if order is None else y[order]
     # tokens per interval (the end intervals extrapolate): with y sorted, repeats instead of gathers (2.5× at k = V)
@@ -1663,15 +1669,7 @@ def _rows_curve(q, c, n, c0: int, t, kernel, m, b, h):
 def _rows_hermite_inverse(yg, bg, y_b, y_bb, y):
     """Batched `hermite_inverse`: per row, B(y) from the grid (bg, yg) with B' = 1/y_b, B'' = −y_bb/y_b³."""
     torch = _torch()
-    d = yg.diff(dim=1)
-    D, S = d / y_b[:, :-1], -d * d * y_bb[:, :-1] / y_b[:, :-1] ** 3
-    D1, S1 = d / y_b[:, 1:], -d * d * y_bb[:, 1:] / y_b[:, 1:] ** 3
-    f0, f1 = bg[:, :-1], bg[:, 1:]
-    jump = f1 - f0
-    coefficients = (f0, D, S / 2,
-                    10 * jump - 6 * D - 4 * D1 - 1.5 * S + 0.5 * S1,
-                    -15 * jump + 8 * D + 7 * D1 + 1.5 * S - S1,
-                    6 * jump - 3 * D - 3 * D1 - 0.5 * S + 0.5 * S1)
+    d, coefficients = hermite_coefficients(yg, bg, y_b, y_bb)
     k = (torch.searchsorted(yg.contiguous(), y.contiguous()) - 1).clamp(0, yg.shape[1] - 2)
     s = (y - yg.gather(1, k)) / d.gather(1, k)
     out = coefficients[5].gather(1, k)

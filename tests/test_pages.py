@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))  # pages import `ui` from the repository root, as 
 
 import globalres as gr  # noqa: E402
 import ui  # noqa: E402
-from globalres import viz  # noqa: E402
+from globalres import maxflow, viz  # noqa: E402
 
 PAGES = ["app.py"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))
 BAD_Q = {"src": "manual", "p": "1,2,3", "q": "0,0,0"}  # q has no support: Problem refuses it
@@ -191,7 +191,7 @@ def test_max_flow_refuses_what_would_take_minutes_and_says_where_to_go():
     at = run("pages/3_Max_flow.py", {"src": "random", "V": "20", "n": "4", "seed": "3"})
     assert not at.exception
     text = " ".join(w.value for w in at.warning)
-    assert "past the app's max-flow's limit of 3e+04" in text and "In this app, the exact solver" in text
+    assert "past max-flow's limit of 3e+04" in text and "In this app, the exact solver" in text
     assert "method=" in text  # the library's advice stays, for the Python user
     assert len(at.warning) == 1 and any("same size limit" in c.value for c in at.caption)  # said once
 
@@ -374,13 +374,18 @@ def test_pages_explain_a_method_that_is_not_installed(monkeypatch):
 
 
 def test_a_crashing_solver_is_a_message_not_a_traceback(monkeypatch):
-    monkeypatch.setitem(gr.SOLVERS, "maxflow", "otlp:group_count")  # returns an int, not a Plan
+    monkeypatch.setitem(gr.SOLVERS, "maxflow", "otlp:check_size")  # takes max_variables, returns an int
     ui._solve.clear()
     at = run("pages/3_Max_flow.py", {"seed": "5", "src": "random"})
     ui._solve.clear()
     assert not at.exception
     assert any("maxflow returned a int, not a Plan" in w.value for w in at.warning)
-    monkeypatch.setitem(gr.SOLVERS, "maxflow", "otlp:_solve_lp")  # raises on a Problem as its cost vector
+    monkeypatch.setitem(gr.SOLVERS, "maxflow", "maxflow:solve")
+
+    def broken(problem, *, group="multiset", max_variables=0):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(maxflow, "solve", broken)
     at = run("pages/3_Max_flow.py", {"seed": "6", "src": "random"})
     ui._solve.clear()
     assert not at.exception
