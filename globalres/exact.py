@@ -749,11 +749,12 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
             yg, y_b, y_bb = ratio_curve(small, here, h, bg)
         if not (np.isfinite(yg).all() and (np.diff(yg) > 0).all() and (y_b > 0).all() and np.isfinite(y_bb).all()):
             return None  # (y_bb overflows where R nears R∞ at the grid's far end: such a start is no start)
-        if yg[0] > y.min():
-            lo -= 2.0
-        elif yg[-1] < y.max():
-            hi += 2.0
-        else:
+        # y ≈ b + const at both ends (R ∝ w as w → 0, R∞ − R ∝ 1/w as w → ∞): extrapolate the slope
+        if yg[0] > y.min() and lo > -700.0:
+            lo = max(lo - min(max(1.5 * (yg[0] - y.min()) / y_b[0], 2.0), 64.0), -700.0)
+        elif yg[-1] < y.max() and hi < 700.0:
+            hi = min(hi + min(max(1.5 * (y.max() - yg[-1]) / y_b[-1], 2.0), 64.0), 700.0)
+        else:  # (a weight beyond e^±700 is clipped by the fit anyway: the end polynomials extrapolate)
             b = hermite_inverse(yg, bg, y_b, y_bb, y)
             return b if np.isfinite(b).all() else None
     return None
@@ -1520,21 +1521,33 @@ def _rows_newton(q, target, c, c0, b, live, n, *, h, tol, max_iter, warm=False):
     b = b.clamp(-bound, bound)
     history = []
     here = None
+    stuck = torch.zeros_like(c, dtype=torch.bool)
+    strikes, eps = torch.zeros_like(c, dtype=torch.int64), torch.finfo(b.dtype).eps
+    best_g = best_F = torch.full_like(c, math.inf)
     for _ in range(max_iter):
         if here is None:
             here = _rows_evaluate(q, target, c, n, c0, b, _rows_nodes(b.exp(), real, n, c0, h), h,
                                   hessian=not (warm and not history))
         acc, F, parts, _ = here
         gnorm = (acc - target).abs().sum(1)
+        # two steps in a row that lower neither the best ‖∇F‖₁ by 1% nor the best F beyond its rounding:
+        # stuck (a fit at float32's rounding floor steps on noise, in cycles, to max_iter)
+        moved = (gnorm < 0.99 * best_g) | (F < best_F - 64 * eps * best_F.abs().clamp_min(1.0))
+        strikes = torch.where(moved, torch.zeros_like(strikes), strikes + 1)
+        stuck = stuck | (strikes >= 2)
+        best_g, best_F = torch.minimum(best_g, gnorm), torch.minimum(best_F, F)
         history.append(gnorm)
-        todo = gnorm > tol
+        todo = (gnorm > tol) & ~stuck
         if not bool(todo.any()):
             break
         if parts is None:
             parts = _rows_evaluate(q, target, c, n, c0, b, here[3]["t"], h)[2]
         d, U, C = parts
         # a row whose step is not finite (float32 on a near-tight system) stops and fails its certificate
-        step = torch.nan_to_num(_rows_direction(acc - target, d, U, C, live & todo[:, None]), 0.0, 0.0, 0.0)
+        step = _rows_direction(acc - target, d, U, C, live & todo[:, None])
+        stuck = stuck | (todo & ~torch.isfinite(step).all(1))
+        todo = todo & ~stuck
+        step = torch.nan_to_num(step, 0.0, 0.0, 0.0) * todo[:, None]
         biggest = step.abs().amax(1, keepdim=True).clamp_min(MAX_LOG_STEP)
         step = step * (MAX_LOG_STEP / biggest)
         slope = ((acc - target) * step).sum(1)
@@ -1553,6 +1566,7 @@ def _rows_newton(q, target, c, c0, b, live, n, *, h, tol, max_iter, warm=False):
             if not bool(pending.any()):
                 break
             size = torch.where(pending, size / 2, size)
+        stuck = stuck | pending  # no step along its direction lowers F: it stops, as in `newton`
     return b, torch.stack(history, 1), here
 
 
@@ -1706,26 +1720,36 @@ def _rows_compressed_start(q, target, c, n, c0: int, live, *, h, tol, max_iter):
         small_live = small_live.scatter(1, pin, False)
     fit = fit_rows(W, small_target, c, torch.full_like(c, c0), b0, small_live, n, h=h, tol=tol, max_iter=max_iter,
                    warm=True)  # small: no step-2h phase, as in `fit_system`
-    ok = fit["gradient_norm"][:, -1] <= tol
-    b = torch.where(W > 0, fit["b"], torch.nan)
+    fitted = torch.nonzero(fit["gradient_norm"][:, -1] <= tol).flatten()  # y(b) only where the pseudo fit converged
+    out, ok = torch.zeros_like(y), torch.zeros_like(c, dtype=torch.bool)
+    if not fitted.numel():  # (float32's near-tight segments: a y(b) grid of 10⁴ × 10³ nodes each, for nothing)
+        return out, ok
+    W, c, live, y = W[fitted], c[fitted], live[fitted], y[fitted]
+    t, kernel, m, b = fit["t"][fitted], fit["kernel"][fitted], fit["m"][fitted], fit["b"][fitted]
+    b = torch.where(W > 0, b, torch.nan)
     lo = torch.nan_to_num(b, nan=math.inf).amin(1) - 1.0
     hi = torch.nan_to_num(b, nan=-math.inf).amax(1) + 1.0
     y_lo = torch.where(live, y, torch.full_like(y, math.inf)).amin(1)
     y_hi = torch.where(live, y, torch.full_like(y, -math.inf)).amax(1)
+    good = torch.ones_like(c, dtype=torch.bool)
     for _ in range(30):  # widen each row's grid until y(b) covers its tokens' y
         NG = int(torch.ceil(((hi - lo) / CURVE).max()).item()) + 1
         bg = lo[:, None] + (hi - lo)[:, None] * torch.linspace(0.0, 1.0, NG, dtype=q.dtype, device=q.device)
-        yg, y_b, y_bb = _rows_curve(W, c, n, c0, fit["t"], fit["kernel"], fit["m"], bg, h)
-        ok = ok & torch.isfinite(yg).all(1) & (yg.diff(dim=1) > 0).all(1) & (y_b > 0).all(1) \
+        yg, y_b, y_bb = _rows_curve(W, c, n, c0, t, kernel, m, bg, h)
+        good = good & torch.isfinite(yg).all(1) & (yg.diff(dim=1) > 0).all(1) & (y_b > 0).all(1) \
             & torch.isfinite(y_bb).all(1)  # y_bb overflows where R nears R∞ at the far end: no start there
-        short_lo, short_hi = ok & (yg[:, 0] > y_lo), ok & (yg[:, -1] < y_hi)
+        short_lo = good & (yg[:, 0] > y_lo) & (lo > -700.0)
+        short_hi = good & (yg[:, -1] < y_hi) & (hi < 700.0)
         if not bool((short_lo | short_hi).any()):
             break
-        lo, hi = lo - 2.0 * short_lo, hi + 2.0 * short_hi
+        # as in `compressed_start`: y ≈ b + const at both ends, so the slope there says how far to widen
+        lo = torch.where(short_lo, (lo - (1.5 * (yg[:, 0] - y_lo) / y_b[:, 0]).clamp(2.0, 64.0)).clamp_min(-700.0), lo)
+        hi = torch.where(short_hi, (hi + (1.5 * (y_hi - yg[:, -1]) / y_b[:, -1]).clamp(2.0, 64.0)).clamp_max(700.0), hi)
     else:
-        ok = ok & ~(short_lo | short_hi)
+        good = good & ~(short_lo | short_hi)
     b = torch.where(live, _rows_hermite_inverse(yg, bg, y_b, y_bb, y), torch.zeros_like(y))
-    return b, ok & torch.isfinite(b).all(1)
+    out[fitted], ok[fitted] = b, good & torch.isfinite(b).all(1)
+    return out, ok
 
 
 @dataclass(frozen=True, eq=False)
@@ -1757,8 +1781,8 @@ def _check_batch(P, Q, n, device, dtype):
     if dtype not in (torch.float64, torch.float32):
         raise InputError(f"dtype must be torch.float64 or torch.float32; got {dtype}.")
     device = device if device is not None else (P.device if torch.is_tensor(P) else "cpu")
-    P = torch.as_tensor(P, dtype=dtype, device=device)
-    Q = torch.as_tensor(Q, dtype=dtype, device=device)
+    P = torch.as_tensor(P, dtype=torch.float64, device=device)  # float64 whatever the fit's dtype: see solve_batch
+    Q = torch.as_tensor(Q, dtype=torch.float64, device=device)
     if P.ndim != 2 or P.shape != Q.shape:
         raise InputError(f"P and Q must both have shape (B, V); got {tuple(P.shape)} and {tuple(Q.shape)}.")
     for name, X in (("P", P), ("Q", Q)):
@@ -1834,13 +1858,17 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         The observed draft tuples. When given, only the system each tuple needs is fitted (the inner
         system if all its drafts lie in H*, else its lowest outer segment, if not a singleton).
     device : torch device, default: P's device (CPU for arrays).
-    dtype : torch.float64 (default) or torch.float32 (about 1e-6 L1; see bench/README.md).
+    dtype : torch.float64 (default) or torch.float32: the dtype of the fit, whose (R, G, K) tensors are the
+        work and the memory of a batch (float32 certifies about 1e-5 L1: ask for tol ≥ 1e-4; see
+        bench/README.md). The structure (H*, α*, segments, targets), the pseudo-token fits and the sums
+        of the certificate are float64 either way: in float32 a rejected mass near 1e-7 vanishes and ψ's
+        near-ties decide H* wrongly. The result's tensors are in `dtype`.
     tol : certified L1 and acceptance-gap target per context.
 
     Cost per context: one sort of the k drafted tokens, O(V) for the residual, and the Newton fit
-    of the needed systems in O(k·K) per iteration (K ≈ 100–200 quadrature nodes), whatever n is. Inner
-    systems of at least LARGE tokens (float64) start from the fit of their Gauss pseudo-tokens, and
-    their first full evaluation certifies them (`info["compressed"]` counts those rows).
+    of the needed systems in O(k·K) per iteration (K ≈ 100–200 quadrature nodes), whatever n is. Systems
+    of at least LARGE tokens start from the fit of their Gauss pseudo-tokens, and their first full
+    evaluation certifies them (`info["compressed"]` and `info["compressed segments"]` count those rows).
     """
     torch = _torch()
     start_time = time.perf_counter()
@@ -1860,7 +1888,7 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
     counts.scatter_add_(1, torch.where(s["outer"], s["seg"], torch.full_like(s["seg"], K1)),
                         torch.ones_like(s["seg"]))
     singleton = s["outer"] & (counts.gather(1, s["seg"].clamp(0, K1)) == 1)
-    weights = torch.full((B, V), math.nan, dtype=dtype, device=P.device)
+    weights = torch.full((B, V), math.nan, dtype=P.dtype, device=P.device)
     weights.scatter_(1, idx, torch.where(singleton, torch.ones_like(pv), torch.full_like(pv, math.nan)))
     weights = torch.where(h_mask & (P == 0), torch.zeros_like(weights), weights)
     size = s["start"] - pos + 1
@@ -1875,8 +1903,8 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         lowest = torch.where(seg_x >= 0, seg_x, torch.full_like(seg_x, K1 + 1)).min(1).values
         need_inner = need_inner & ~is_outer
         need_segment = need_segment & is_outer[:, None] & (s["seg"] == lowest[:, None])
-    l1 = torch.zeros(B, dtype=dtype, device=P.device)
-    gap = torch.zeros(B, dtype=dtype, device=P.device)
+    l1 = torch.zeros(B, dtype=P.dtype, device=P.device)
+    gap = torch.zeros(B, dtype=P.dtype, device=P.device)
     info = dict(nodes={}, gradient_norm={})
 
     # residual ρ ∝ p − t: outer drafted tokens (ends of segments) and every undrafted token
@@ -1895,18 +1923,19 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         p_in = torch.where(live, pv[rows, :G], torch.zeros_like(q_in))
         c = torch.where(in_H[rows, :G] & ~live, qv[rows, :G], torch.zeros_like(q_in)).sum(1)
         QH = s["Qc"][rows].gather(1, k_star[rows, None])
-        finfo = torch.finfo(dtype)  # 1 − 1e-12 is 1 in float32: log1p(−r) would be −∞
-        r = (p_in / (n * q_in.clamp_min(finfo.tiny) * QH ** (n - 1))).clamp(finfo.tiny, 1 - finfo.eps)
+        r = (p_in / (n * q_in.clamp_min(1e-300) * QH ** (n - 1))).clamp(1e-300, 1 - 1e-12)
         b0 = torch.where(live, r.log() - torch.log1p(-r), torch.zeros_like(r))
         warm = torch.zeros_like(c, dtype=torch.bool)
-        if G >= LARGE and dtype == torch.float64:  # in float32 the pseudo fit meets NaNs: the plain start
+        if G >= LARGE:  # in float64 whatever the dtype: pseudo rows are small (and in float32 their fit met NaNs)
             b_read, warm = _rows_compressed_start(q_in, p_in, c, n, 1, live, h=step, tol=tol / 80, max_iter=max_iter)
             b0 = torch.where(warm[:, None], b_read, b0)
+        q_in, p_in, c, b0 = q_in.to(dtype), p_in.to(dtype), c.to(dtype), b0.to(dtype)  # the fit's dtype from here
         cold = ~warm
         if bool(cold.any()):
             b0[cold] = _rows_rescale(q_in[cold], p_in[cold], c[cold], n, b0[cold], live[cold], 2 * step)
         fit = fit_rows(q_in, p_in, c, torch.ones_like(c), b0, live, n, h=step, tol=tol / 8,
                        max_iter=max_iter, warm=bool(warm.all()))
+        fit = {key: value.double() if torch.is_tensor(value) else value for key, value in fit.items()}
         info["compressed"] = int(warm.sum())
         w = torch.where(live, fit["b"].exp(), torch.zeros_like(q_in))
         weights[rows] = weights[rows].scatter(1, idx[rows, :G], torch.where(in_H[rows, :G], w,
@@ -1924,7 +1953,7 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         span = seg_end[:, None] + torch.arange(width, device=P.device)[None, :]
         valid = span <= s["start"][seg_rows, seg_end][:, None]
         span = span.clamp(max=K1 - 1)
-        q_s = torch.where(valid, qv[seg_rows[:, None], span], torch.zeros_like(span, dtype=dtype))
+        q_s = torch.where(valid, qv[seg_rows[:, None], span], torch.zeros_like(span, dtype=P.dtype))
         t_s = torch.where(valid, targets[seg_rows[:, None], span], torch.zeros_like(q_s))
         c = s["Qc"][seg_rows, seg_end]
         b0 = torch.where(valid, (t_s.clamp_min(1e-300) / q_s.clamp_min(1e-300)).log(), torch.zeros_like(q_s))
@@ -1933,11 +1962,12 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         live = valid.clone()
         live[torch.arange(live.shape[0], device=P.device), pin] = False
         warm = torch.zeros_like(c, dtype=torch.bool)
-        if width >= LARGE and n > 1 and dtype == torch.float64:  # n = 1: R is constant, any weights do
+        if width >= LARGE and n > 1:  # n = 1: R is constant, any weights do
             b_read, warm = _rows_compressed_start(q_s, t_s, c, n, 0, valid, h=step, tol=tol / 80, max_iter=max_iter)
             b0 = torch.where(warm[:, None], b_read - b_read.gather(1, pin[:, None]), b0)
-        fit = fit_rows(q_s, t_s, c, torch.zeros_like(c), b0, live, n, h=step, tol=tol / 8,
-                       max_iter=max_iter, warm=bool(warm.all()))
+        fit = fit_rows(q_s.to(dtype), t_s.to(dtype), c.to(dtype), torch.zeros_like(c, dtype=dtype), b0.to(dtype),
+                       live, n, h=step, tol=tol / 8, max_iter=max_iter, warm=bool(warm.all()))
+        fit = {key: value.double() if torch.is_tensor(value) else value for key, value in fit.items()}
         info["compressed segments"] = int(warm.sum())
         b = torch.where(valid, fit["b"], torch.full_like(q_s, -math.inf))
         w = (b - b.max(1, keepdim=True).values).exp()
@@ -1954,7 +1984,8 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
     l1 += torch.where(singleton, (s["mass"] - targets).abs(), torch.zeros_like(targets)).sum(1)
     success = (l1 <= tol) & (gap <= tol)
     info["seconds"] = time.perf_counter() - start_time
-    return BatchResult(s["alpha"], h_mask, weights, segment_of, rho, l1, gap, success, n, info)
+    return BatchResult(s["alpha"].to(dtype), h_mask, weights.to(dtype), segment_of, rho.to(dtype), l1.to(dtype),
+                       gap.to(dtype), success, n, info)
 
 
 @_no_grad
