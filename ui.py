@@ -318,7 +318,8 @@ def alpha(key: tuple) -> float:
 
 @st.cache_data(max_entries=512, show_spinner=False)
 def hstar(key: tuple) -> list[int]:
-    return gr.h_star(gr.Problem.from_key(key)).tolist()
+    """H* by token id: every page lists it in the same order (the scan's own order is by q/p)."""
+    return sorted(gr.h_star(gr.Problem.from_key(key)).tolist())
 
 
 @dataclass(frozen=True)

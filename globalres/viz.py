@@ -263,16 +263,22 @@ def flow_network(problem: Problem, groups: np.ndarray, group_probs: np.ndarray, 
     hover = [f"{labels[i]}: p = {problem.p[i]:.5f}, flow in {inflow[i]:.5f}" for i in range(V)]
     for inside, name, colour in ((False, "tokens (source side)", BLUE), (True, "H* (sink side of the min cut)", GREEN)):
         ids = [i for i in range(V) if (i in H) == inside]
-        fig.add_scatter(x=[1] * len(ids), y=tok_y[ids], mode="markers+text", text=[labels[i] for i in ids],
-                        textposition="middle left", name=name, hovertext=[hover[i] for i in ids], hoverinfo="text",
+        fig.add_scatter(x=[1] * len(ids), y=tok_y[ids], mode="markers", name=name,
+                        hovertext=[hover[i] for i in ids], hoverinfo="text",
                         marker=dict(size=18, color=colour, line=dict(color=BLACK, width=1)))
-    fig.add_scatter(x=[2] * N, y=grp_y, mode="markers+text", text=glabels if N <= 40 else None,
-                    textposition="middle right", marker=dict(size=12, color=ORANGE), name="draft multisets",
+    fig.add_scatter(x=[2] * N, y=grp_y, mode="markers", marker=dict(size=12, color=ORANGE), name="draft multisets",
                     hovertext=[f"{glabels[g]}: Q = {group_probs[g]:.5f}, flow out {outflow[g]:.5f}"
                                for g in range(N)], hoverinfo="text")
-    fig.add_scatter(x=[0, 3], y=[0.5, 0.5], mode="markers+text", text=["source s", "sink t"],
-                    textposition="bottom center", marker=dict(size=22, color=BLACK),
+    # labels as annotations on a white ground: as scatter text they sat on the edges that cross them
+    ground = dict(showarrow=False, bgcolor="rgba(255,255,255,0.85)", font=dict(size=FONT - 2, color=BLACK))
+    for i in range(V):
+        fig.add_annotation(x=1, y=tok_y[i], text=labels[i], xanchor="right", xshift=-14, **ground)
+    for g in range(N if N <= 40 else 0):
+        fig.add_annotation(x=2, y=grp_y[g], text=glabels[g], xanchor="left", xshift=9, **ground)
+    fig.add_scatter(x=[0, 3], y=[0.5, 0.5], mode="markers", marker=dict(size=22, color=BLACK),
                     name="s, t", hoverinfo="skip")
+    for x, text in ((0, "source s"), (3, "sink t")):
+        fig.add_annotation(x=x, y=0.5, text=text, yanchor="top", yshift=-14, **ground)
     fig.update_xaxes(visible=False, range=[-0.9, 4.1])
     fig.update_yaxes(visible=False, range=[-0.08, 1.08])
     return _style(fig, title, height=int(min(1200, 300 + 18 * max(V, N))))

@@ -82,14 +82,15 @@ with edit:
     else:
         p, q = s["p"].split(","), s["q"].split(",")
         lab = s["lab"].split(",") if s["lab"] else [str(i) for i in range(len(p))]
-        st.caption("Weights are renormalised live: any non-negative numbers will do.")
-        head = st.columns([1.6, 2, 2, 1.2, 1.2])
-        for col, text in zip(head, ["token", "p weight", "q weight", "p", "q"]):
+        st.caption("Weights are renormalised live: any non-negative numbers will do (the table under the "
+                   "chart shows p and q).")
+        # three columns, not five: with the normalised values beside them, a 1100 px window wrapped the
+        # numbers digit by digit
+        head = st.columns([1.3, 2, 2])
+        for col, text in zip(head, ["token", "p weight", "q weight"]):
             col.markdown(f"**{text}**")
-        total_p = sum(max(float(x), 0.0) for x in p if ui._is_float(x)) or 1.0
-        total_q = sum(max(float(x), 0.0) for x in q if ui._is_float(x)) or 1.0
         for i in range(min(len(p), ui.MAX_V_MANUAL)):
-            cols = st.columns([1.6, 2, 2, 1.2, 1.2])
+            cols = st.columns([1.3, 2, 2])
             for col, name, values in ((cols[1], "p", p), (cols[2], "q", q)):
                 key = ui.wkey(f"{name}{i}")
                 value = float(values[i]) if i < len(values) and ui._is_float(values[i]) else 0.0
@@ -103,14 +104,12 @@ with edit:
                                    label_visibility="collapsed", on_change=_set_entry, args=("lab", i, key))
             else:
                 cols[0].markdown(f"`{i}`")
-            cols[3].write(f"{float(p[i]) / total_p:.3f}" if ui._is_float(p[i]) else "?")
-            cols[4].write(f"{float(q[i]) / total_q:.3f}" if i < len(q) and ui._is_float(q[i]) else "?")
         if len(p) > ui.MAX_V_MANUAL:
             st.caption(f"The editor shows the first {ui.MAX_V_MANUAL} of {len(p)} tokens; the others keep their "
                        "weights (they are in the URL).")
         b1, b2 = st.columns(2)
-        b1.button("Add a token", on_click=_resize, args=(1,), disabled=len(p) >= ui.MAX_V_MANUAL)
-        b2.button("Remove the last token", on_click=_resize, args=(-1,), disabled=len(p) <= 1)
+        b1.button("Add token", on_click=_resize, args=(1,), disabled=len(p) >= ui.MAX_V_MANUAL)
+        b2.button("Remove last", on_click=_resize, args=(-1,), disabled=len(p) <= 1)
     if src != "manual" and problem is not None:
         st.button("Edit these numbers by hand", on_click=ui.replace_state, args=(ui.manual_state_from(problem),))
 
@@ -120,7 +119,7 @@ with view:
         st.stop()
     H = ui.hstar(problem.key())
     a = ui.alpha(problem.key())
-    c1, c2, c3, c4 = st.columns([1.6, 0.8, 0.8, 1.6])  # room for α*'s six decimals and Vⁿ's digits
+    c1, c2, c3, c4 = st.columns([2.4, 0.9, 0.9, 1.8])  # room for α*'s six decimals (at 1100 px too) and Vⁿ
     c1.metric("α* = 1 + ψ(H*)", f"{a:.6f}")
     c2.metric("|H*|", len(H))
     c3.metric("V", problem.V)

@@ -19,7 +19,7 @@ main, side = st.columns([3, 1], gap="large")
 with side:
     st.subheader("Subset selection")
     st.metric("α* = 1 + min_H ψ(H)", f"{a:.6f}")
-    st.markdown("H* (sorted scan) = {" + ", ".join(problem.label(i) for i in sorted(H_scan)) + "}")  # by token id
+    st.markdown("H* (sorted scan) = {" + ", ".join(problem.label(i) for i in H_scan) + "}")
     if out.ok:
         plan = out.plan
         st.metric("max-flow value", f"{plan.info['flow_value']:.6f}",

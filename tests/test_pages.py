@@ -149,9 +149,9 @@ def test_distributions_manual_weights_are_renormalised_live():
 
 def test_distributions_add_and_remove_tokens():
     at = run("pages/1_Distributions.py", {"src": "manual", "p": "1,1", "q": "1,2"})
-    next(b for b in at.button if b.label == "Add a token").click().run()
+    next(b for b in at.button if b.label == "Add token").click().run()
     assert ui.problem_from_state(at.session_state["gr.state"]).V == 3
-    next(b for b in at.button if b.label == "Remove the last token").click().run()
+    next(b for b in at.button if b.label == "Remove last").click().run()
     assert_clean(at)
     assert ui.problem_from_state(at.session_state["gr.state"]).V == 2
 
@@ -359,8 +359,12 @@ def test_flow_network_colours_the_cut():
     fig = viz.flow_network(plan.problem, plan.info["groups"], plan.info["group_probs"], plan.info["flow"],
                            plan.h_star)
     cut = next(t for t in fig.data if (t.name or "").startswith("H*"))
-    assert list(cut.text) == ["dog", "cow"]  # H* = {dog, cow}
+    assert [h.split(":")[0] for h in cut.hovertext] == ["dog", "cow"]  # H* = {dog, cow}
     assert cut.marker.color == viz.GREEN
+    # every node is labelled on an opaque ground (as scatter text, labels sat on the edges crossing them)
+    labels = [a.text for a in fig.layout.annotations]
+    assert labels[:3] == ["cat", "dog", "cow"] and "{cat,dog}" in labels and len(labels) == 3 + 6 + 2
+    assert all(a.bgcolor for a in fig.layout.annotations)
 
 
 def test_pages_explain_a_method_that_is_not_installed(monkeypatch):
