@@ -18,8 +18,8 @@ after on CUDA. One warm-up call, then `--repeats` timed calls (fresh draft tuple
 median seconds per call, contexts per second (B / median) and ms per context, the share of contexts with
 `result.success`, and the worst certified L1 and acceptance gap among the successes.
 
-float32 rows (`--float32`) run with tol = `--tol32` (default 1e-4: float32 certifies about 1e-6 to 4e-5, see
-bench/README.md); float64 rows with the solver's default tol = 1e-10.
+float32 rows (`--float32`) run with tol = `--tol32` (default 1e-4; float32 fits, certified in float64, reach
+about 1e-9 to 1e-6, see bench/README.md); float64 rows with the solver's default tol = 1e-10.
 
 A (device, dtype) stops growing B once a call took over `--max-seconds` (default 60) or a batch ran out of
 GPU memory (the cell is noted "out of memory"); the larger batch sizes are listed as skipped.

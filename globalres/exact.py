@@ -1572,33 +1572,54 @@ def _rows_newton(q, target, c, c0, b, live, n, *, h, tol, max_iter, warm=False):
 
 def fit_rows(q, target, c, c0, b0, live, n, *, h=STEP, tol=1e-12, max_iter=60, warm=False):
     """Batched `fit_system` (torch): Newton at step 2h to ROUGH (skipped from a warm start), then at h to
-    tol, certified at h (`quadrature_bound`); returns b, acc at h, l1 and quadrature per row, and the
+    tol, certified at h (`_rows_certificate`); returns b, acc at h, l1 and quadrature per row, and the
     nodes t, kernel and m = Σ q w of the last evaluation (for `_rows_curve`).
 
     live : bool (R, G), the free log-weights (False on padding and on each segment's pinned token).
     """
     torch = _torch()
-    real = q > 0
     b, rough = b0.clone(), torch.zeros(q.shape[0], 0, dtype=q.dtype, device=q.device)
     if not warm:
         b, rough, _ = _rows_newton(q, target, c, c0, b, live, n, h=2 * h, tol=max(tol, ROUGH), max_iter=max_iter)
     b, history, here = _rows_newton(q, target, c, c0, b, live, n, h=h, tol=tol, max_iter=max_iter, warm=warm)
+    return dict(_rows_certificate(q, target, c, c0, b, n, h, None if here is None else here[3]), b=b,
+                gradient_norm=torch.cat([rough, history], 1))
+
+
+def _rows_certificate(q, target, c, c0, b, n, h, out=None):
+    """acc at step h, l1 = ‖acc − target‖₁ and the quadrature bound (`quadrature_bound`, with the rounding
+    of K-term sums in b's dtype) per row, from `out` (a `_rows_integrals` dict at b, with its nodes t) or
+    a fresh evaluation; and nodes, t, kernel, m."""
+    torch = _torch()
+    real = q > 0
     w = b.exp()
-    if here is None:
+    if out is None:
         t = _rows_nodes(w, real, n, c0, h)
-        out = _rows_integrals(q, c, n, c0, w, _rows_exp(w, t), t, h)
-    else:
-        out = here[3]
-        t = out["t"]
-    acc = out["acc"]
+        out = dict(_rows_integrals(q, c, n, c0, w, _rows_exp(w, t), t, h), t=t)
+    t, acc = out["t"], out["acc"]
     kappa = c0 + n * torch.where(real, w, torch.zeros_like(w)).amax(1)
     left = h * n * out["Q"][:, 0] ** (n - 1) * out["m"][:, 0] * kappa**2 * t[:, 0] ** 3 * tail_sums(h)[2] / 2
     eps = 2.0**-53 if acc.dtype == torch.float64 else 2.0**-24
     beta = strip_bound(h) + t.shape[1] * eps
-    return dict(b=b, acc=acc, l1=(acc - target).abs().sum(1),
+    return dict(acc=acc, l1=(acc - target).abs().sum(1),
                 quadrature=beta / (1 - beta) * acc.abs().sum(1) + left + TAIL * out["Q"][:, 0],
-                gradient_norm=torch.cat([rough, history], 1), nodes=t.shape[1], t=t, kernel=out["kernel"],
-                m=out["m"])
+                nodes=t.shape[1], t=t, kernel=out["kernel"], m=out["m"])
+
+
+CERTIFY_ENTRIES = 2**26  # float64 entries of e^{−t w} per chunk of rows when a float32 fit is certified
+
+
+def _certify_in_float64(q, target, c, c0, b, n, h) -> dict:
+    """`_rows_certificate` of a float32 fit at the weights e^b it returns, in float64 against the float64
+    system (q, target, c), in chunks of rows of at most CERTIFY_ENTRIES entries: acc, l1, quadrature, nodes.
+    (float32's own bound K·2⁻²⁴ covers its K-term sums, not the G-term sums of φ raised to the power n − 1:
+    on k = 1000-3000 systems the error reached 3× that bound, and the float32-rounded q and targets 1.5×.)"""
+    torch = _torch()
+    step = max(1, CERTIFY_ENTRIES // (q.shape[1] * 256))  # K ≤ ~256 nodes per row
+    parts = [_rows_certificate(q[i:i + step], target[i:i + step], c[i:i + step], c0[i:i + step], b[i:i + step], n, h)
+             for i in range(0, q.shape[0], step)]
+    return dict(acc=torch.cat([x["acc"] for x in parts]), l1=torch.cat([x["l1"] for x in parts]),
+                quadrature=torch.cat([x["quadrature"] for x in parts]), nodes=max(x["nodes"] for x in parts))
 
 
 GAUSS_POINTS = 7  # nodes per bin of `_rows_gauss`: an m-point rule in bins 1.0 wide is as accurate as BIN's
@@ -1858,11 +1879,12 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         The observed draft tuples. When given, only the system each tuple needs is fitted (the inner
         system if all its drafts lie in H*, else its lowest outer segment, if not a singleton).
     device : torch device, default: P's device (CPU for arrays).
-    dtype : torch.float64 (default) or torch.float32: the dtype of the fit, whose (R, G, K) tensors are the
-        work and the memory of a batch (float32 certifies about 1e-5 L1: ask for tol ≥ 1e-4; see
-        bench/README.md). The structure (H*, α*, segments, targets), the pseudo-token fits and the sums
-        of the certificate are float64 either way: in float32 a rejected mass near 1e-7 vanishes and ψ's
-        near-ties decide H* wrongly. The result's tensors are in `dtype`.
+    dtype : torch.float64 (default) or torch.float32: the dtype of the Newton fit, whose (R, G, K) tensors
+        are the work and the memory of a batch (float32 fits reach ~1e-7 L1: ask for tol ≥ 1e-6; see
+        bench/README.md). The structure (H*, α*, segments, targets) and the pseudo-token fits are float64
+        either way (in float32 a rejected mass near 1e-7 vanishes and ψ's near-ties decide H* wrongly),
+        and a float32 fit is certified by one float64 evaluation of the float32 weights returned
+        (`_certify_in_float64`). The result's tensors are in `dtype`.
     tol : certified L1 and acceptance-gap target per context.
 
     Cost per context: one sort of the k drafted tokens, O(V) for the residual, and the Newton fit
@@ -1929,15 +1951,19 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         if G >= LARGE:  # in float64 whatever the dtype: pseudo rows are small (and in float32 their fit met NaNs)
             b_read, warm = _rows_compressed_start(q_in, p_in, c, n, 1, live, h=step, tol=tol / 80, max_iter=max_iter)
             b0 = torch.where(warm[:, None], b_read, b0)
+        exact_system = q_in, p_in, c  # float64: what a float32 fit is certified against
         q_in, p_in, c, b0 = q_in.to(dtype), p_in.to(dtype), c.to(dtype), b0.to(dtype)  # the fit's dtype from here
         cold = ~warm
         if bool(cold.any()):
             b0[cold] = _rows_rescale(q_in[cold], p_in[cold], c[cold], n, b0[cold], live[cold], 2 * step)
         fit = fit_rows(q_in, p_in, c, torch.ones_like(c), b0, live, n, h=step, tol=tol / 8,
                        max_iter=max_iter, warm=bool(warm.all()))
-        fit = {key: value.double() if torch.is_tensor(value) else value for key, value in fit.items()}
+        w = torch.where(live, fit["b"].exp(), torch.zeros_like(q_in))  # the weights returned
+        if dtype != torch.float64:  # certified in float64, at exactly those weights
+            w = w.double()
+            b_out = torch.where(live, w.clamp_min(1e-300).log(), torch.zeros_like(w))
+            fit = dict(fit, **_certify_in_float64(*exact_system, torch.ones_like(w[:, 0]), b_out, n, step))
         info["compressed"] = int(warm.sum())
-        w = torch.where(live, fit["b"].exp(), torch.zeros_like(q_in))
         weights[rows] = weights[rows].scatter(1, idx[rows, :G], torch.where(in_H[rows, :G], w,
                                                                               weights[rows].gather(1, idx[rows, :G])))
         acc = fit["acc"].sum(1)
@@ -1965,12 +1991,17 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         if width >= LARGE and n > 1:  # n = 1: R is constant, any weights do
             b_read, warm = _rows_compressed_start(q_s, t_s, c, n, 0, valid, h=step, tol=tol / 80, max_iter=max_iter)
             b0 = torch.where(warm[:, None], b_read - b_read.gather(1, pin[:, None]), b0)
-        fit = fit_rows(q_s.to(dtype), t_s.to(dtype), c.to(dtype), torch.zeros_like(c, dtype=dtype), b0.to(dtype),
-                       live, n, h=step, tol=tol / 8, max_iter=max_iter, warm=bool(warm.all()))
-        fit = {key: value.double() if torch.is_tensor(value) else value for key, value in fit.items()}
-        info["compressed segments"] = int(warm.sum())
+        exact_system = q_s, t_s, c  # float64: what a float32 fit is certified against
+        q_s, t_s, c, b0 = q_s.to(dtype), t_s.to(dtype), c.to(dtype), b0.to(dtype)  # the fit's dtype from here
+        zero = torch.zeros_like(c)
+        fit = fit_rows(q_s, t_s, c, zero, b0, live, n, h=step, tol=tol / 8, max_iter=max_iter, warm=bool(warm.all()))
         b = torch.where(valid, fit["b"], torch.full_like(q_s, -math.inf))
-        w = (b - b.max(1, keepdim=True).values).exp()
+        w = (b - b.max(1, keepdim=True).values).exp()  # the weights returned (a segment's rule reads ratios)
+        if dtype != torch.float64:  # certified in float64, at exactly those weights (acc ignores a common shift)
+            w = w.double()
+            b_out = torch.where(valid, w.clamp_min(1e-300).log(), torch.zeros_like(w))
+            fit = dict(fit, **_certify_in_float64(*exact_system, torch.zeros_like(w[:, 0]), b_out, n, step))
+        info["compressed segments"] = int(warm.sum())
         tokens = idx[seg_rows[:, None], span]
         for i in range(seg_rows.numel()):  # few: non-singleton segments are rare
             weights[seg_rows[i], tokens[i, valid[i]]] = w[i, valid[i]]
