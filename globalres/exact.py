@@ -205,15 +205,23 @@ def left_bound(system: System, w, t_lo: float, h: float) -> float:
     return h * n * Q ** (n - 1) * float(system.q @ w) * kappa**2 * t_lo**3 * tail_sums(h)[2] / 2
 
 
+def rounding_terms(K: int, terms: int, n: int) -> int:
+    """The relative rounding error of an evaluation's acc(v), in units of the dtype's 2⁻ᵖ (first order):
+    sums of K positive terms in acc (K); φ = c + Σ_v q_v e^{−t w_v}, a sum of `terms` positive terms in
+    sequence whose relative error enters the kernel φⁿ⁻¹ n − 1 times; and each e^{−x}, whose argument
+    x = t·w ≤ EXP_CAP is rounded (relative error x·2⁻ᵖ in e^{−x}) and whose value errs by a few units,
+    once in acc and n − 1 times through φ (n·(EXP_CAP + 8); the products around it are in the 8)."""
+    return K + (n - 1) * terms + n * (int(EXP_CAP) + 8)
+
+
 def quadrature_bound(system: System, acc, w, t, h: float, terms: int | None = None) -> float:
     """A bound on ‖acc_h − acc‖₁, the error of the step-h rule on nodes t for the whole vector acc(v):
     the strip bound β Σ acc / (1 − β) (`strip_bound`; acc itself is only known to within β), the
-    left-tail remainder (`left_bound`), the right truncation (at most TAIL·Q, `grid`) and rounding:
-    sums of K positive terms in acc (K·2⁻⁵³ relative), and φ = c + Σ_v q_v e^{−t w_v}, a sum of at most
-    `terms` positive terms in sequence (default: one per token; 1 in `moment_certificate`, which bounds
-    its own φ) whose relative error enters the kernel φⁿ⁻¹ n − 1 times."""
+    left-tail remainder (`left_bound`), the right truncation (at most TAIL·Q, `grid`) and rounding
+    (`rounding_terms`; φ's sum has `terms` terms, default one per token; 1 in `moment_certificate`,
+    which bounds its own φ)."""
     terms = system.q.size + 1 if terms is None else terms
-    beta = strip_bound(h) + (t.size + (system.n - 1) * terms) * 2.0**-53
+    beta = strip_bound(h) + rounding_terms(t.size, terms, system.n) * 2.0**-53
     return beta / (1 - beta) * float(np.abs(acc).sum()) + left_bound(system, w, float(t[0]), h) + TAIL * system.Q
 
 
@@ -1588,7 +1596,7 @@ def fit_rows(q, target, c, c0, b0, live, n, *, h=STEP, tol=1e-12, max_iter=60, w
 
 def _rows_certificate(q, target, c, c0, b, n, h, out=None):
     """acc at step h, l1 = ‖acc − target‖₁ and the quadrature bound (`quadrature_bound`, with the rounding
-    of K-term sums in b's dtype) per row, from `out` (a `_rows_integrals` dict at b, with its nodes t) or
+    of `rounding_terms` in b's dtype) per row, from `out` (a `_rows_integrals` dict at b, with its nodes t) or
     a fresh evaluation; and nodes, t, kernel, m."""
     torch = _torch()
     real = q > 0
@@ -1600,7 +1608,7 @@ def _rows_certificate(q, target, c, c0, b, n, h, out=None):
     kappa = c0 + n * torch.where(real, w, torch.zeros_like(w)).amax(1)
     left = h * n * out["Q"][:, 0] ** (n - 1) * out["m"][:, 0] * kappa**2 * t[:, 0] ** 3 * tail_sums(h)[2] / 2
     eps = 2.0**-53 if acc.dtype == torch.float64 else 2.0**-24
-    beta = strip_bound(h) + t.shape[1] * eps
+    beta = strip_bound(h) + rounding_terms(t.shape[1], q.shape[1] + 1, n) * eps
     return dict(acc=acc, l1=(acc - target).abs().sum(1),
                 quadrature=beta / (1 - beta) * acc.abs().sum(1) + left + TAIL * out["Q"][:, 0],
                 nodes=t.shape[1], t=t, kernel=out["kernel"], m=out["m"])
@@ -1612,8 +1620,8 @@ CERTIFY_ENTRIES = 2**26  # float64 entries of e^{−t w} per chunk of rows when 
 def _certify_in_float64(q, target, c, c0, b, n, h) -> dict:
     """`_rows_certificate` of a float32 fit at the weights e^b it returns, in float64 against the float64
     system (q, target, c), in chunks of rows of at most CERTIFY_ENTRIES entries: acc, l1, quadrature, nodes.
-    (float32's own bound K·2⁻²⁴ covers its K-term sums, not the G-term sums of φ raised to the power n − 1:
-    on k = 1000-3000 systems the error reached 3× that bound, and the float32-rounded q and targets 1.5×.)"""
+    (In float32, `rounding_terms`·2⁻²⁴ is ~5e-4 at k = 1000, n = 8: no certificate at tol 1e-4. The bound used
+    before, K·2⁻²⁴ for the K-term sums alone, was short by up to 3× on k = 1000–3000 systems.)"""
     torch = _torch()
     step = max(1, CERTIFY_ENTRIES // (q.shape[1] * 256))  # K ≤ ~256 nodes per row
     parts = [_rows_certificate(q[i:i + step], target[i:i + step], c[i:i + step], c0[i:i + step], b[i:i + step], n, h)
