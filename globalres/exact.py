@@ -1409,12 +1409,42 @@ def _rows_nodes(w, real, n, c0, h, reach=None):
     return torch.exp(h * (lo[:, None] + torch.arange(K, device=w.device, dtype=w.dtype)[None, :]))
 
 
+PHI_CHUNK = 64  # tokens per partial sum of φ in `_rows_phi` (solve_batch pads its rows to a multiple of it)
+
+
+def _rows_phi(q, E):
+    """Σ_v q_v E_vk (R, K); over a width G that is a multiple of PHI_CHUNK, as partial sums of PHI_CHUNK
+    tokens and then their sum: a chain of `_phi_terms`(G) additions, not G (with G terms, the certificate's
+    rounding term at k = V, n = 16 alone came to 1.6e-10). E must be contiguous (it is: `_rows_exp`)."""
+    torch = _torch()
+    R, G, K = E.shape
+    m = G // PHI_CHUNK
+    if m < 2 or G % PHI_CHUNK:
+        return torch.einsum("rg,rgk->rk", q, E)
+    return torch.einsum("rmc,rmck->rmk", q.reshape(R, m, PHI_CHUNK), E.view(R, m, PHI_CHUNK, K)).sum(1)
+
+
+def _phi_terms(G: int) -> int:
+    """The longest chain of additions in c + `_rows_phi` over G tokens (`rounding_terms`' `terms`)."""
+    return G + 1 if G // PHI_CHUNK < 2 or G % PHI_CHUNK else PHI_CHUNK + G // PHI_CHUNK + 1
+
+
+def _padded(G: int) -> int:
+    """The row width `solve_batch` fits G tokens in: a multiple of PHI_CHUNK from 2·PHI_CHUNK on."""
+    return G if G < 2 * PHI_CHUNK else -(-G // PHI_CHUNK) * PHI_CHUNK
+
+
+def _pad(x, G: int):
+    """x (R, g) padded with zeros (False) on the right to width G."""
+    return _torch().nn.functional.pad(x, (0, G - x.shape[1]))
+
+
 def _rows_integrals(q, c, n, c0, w, E, t, h):
     """Batched `integrals`: q, w (R, G); c, c0 (R,); E (R, G, K); t (R, K)."""
     torch = _torch()
     Q = (c + q.sum(1))[:, None]
     c0 = c0[:, None]
-    phi = c[:, None] + torch.einsum("rg,rgk->rk", q, E)
+    phi = c[:, None] + _rows_phi(q, E)
     dt = h * t * torch.exp(-c0 * t)
     kernel = dt * phi ** (n - 1)
     kernel = torch.where(kernel < FLUSH, torch.zeros_like(kernel), kernel)
@@ -1608,7 +1638,7 @@ def _rows_certificate(q, target, c, c0, b, n, h, out=None):
     kappa = c0 + n * torch.where(real, w, torch.zeros_like(w)).amax(1)
     left = h * n * out["Q"][:, 0] ** (n - 1) * out["m"][:, 0] * kappa**2 * t[:, 0] ** 3 * tail_sums(h)[2] / 2
     eps = 2.0**-53 if acc.dtype == torch.float64 else 2.0**-24
-    beta = strip_bound(h) + rounding_terms(t.shape[1], q.shape[1] + 1, n) * eps
+    beta = strip_bound(h) + rounding_terms(t.shape[1], _phi_terms(q.shape[1]), n) * eps
     return dict(acc=acc, l1=(acc - target).abs().sum(1),
                 quadrature=beta / (1 - beta) * acc.abs().sum(1) + left + TAIL * out["Q"][:, 0],
                 nodes=t.shape[1], t=t, kernel=out["kernel"], m=out["m"])
@@ -1959,6 +1989,8 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         if G >= LARGE:  # in float64 whatever the dtype: pseudo rows are small (and in float32 their fit met NaNs)
             b_read, warm = _rows_compressed_start(q_in, p_in, c, n, 1, live, h=step, tol=tol / 80, max_iter=max_iter)
             b0 = torch.where(warm[:, None], b_read, b0)
+        GP = _padded(G)  # padding carries no mass (q = 0, not live)
+        q_in, p_in, b0, live = _pad(q_in, GP), _pad(p_in, GP), _pad(b0, GP), _pad(live, GP)
         exact_system = q_in, p_in, c  # float64: what a float32 fit is certified against
         q_in, p_in, c, b0 = q_in.to(dtype), p_in.to(dtype), c.to(dtype), b0.to(dtype)  # the fit's dtype from here
         cold = ~warm
@@ -1972,6 +2004,7 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
             b_out = torch.where(live, w.clamp_min(1e-300).log(), torch.zeros_like(w))
             fit = dict(fit, **_certify_in_float64(*exact_system, torch.ones_like(w[:, 0]), b_out, n, step))
         info["compressed"] = int(warm.sum())
+        w = w[:, :G]
         weights[rows] = weights[rows].scatter(1, idx[rows, :G], torch.where(in_H[rows, :G], w,
                                                                               weights[rows].gather(1, idx[rows, :G])))
         acc = fit["acc"].sum(1)
@@ -1999,6 +2032,8 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         if width >= LARGE and n > 1:  # n = 1: R is constant, any weights do
             b_read, warm = _rows_compressed_start(q_s, t_s, c, n, 0, valid, h=step, tol=tol / 80, max_iter=max_iter)
             b0 = torch.where(warm[:, None], b_read - b_read.gather(1, pin[:, None]), b0)
+        GP = _padded(width)  # padding carries no mass (q = 0, not live)
+        q_s, t_s, b0, live, valid = _pad(q_s, GP), _pad(t_s, GP), _pad(b0, GP), _pad(live, GP), _pad(valid, GP)
         exact_system = q_s, t_s, c  # float64: what a float32 fit is certified against
         q_s, t_s, c, b0 = q_s.to(dtype), t_s.to(dtype), c.to(dtype), b0.to(dtype)  # the fit's dtype from here
         zero = torch.zeros_like(c)
@@ -2010,6 +2045,7 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
             b_out = torch.where(valid, w.clamp_min(1e-300).log(), torch.zeros_like(w))
             fit = dict(fit, **_certify_in_float64(*exact_system, torch.zeros_like(w[:, 0]), b_out, n, step))
         info["compressed segments"] = int(warm.sum())
+        w, valid = w[:, :width], valid[:, :width]
         tokens = idx[seg_rows[:, None], span]
         for i in range(seg_rows.numel()):  # few: non-singleton segments are rare
             weights[seg_rows[i], tokens[i, valid[i]]] = w[i, valid[i]]

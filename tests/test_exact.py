@@ -786,3 +786,17 @@ def test_step_fails_loudly_and_checks_inputs():
             exact.sample(pb, bad, np.random.default_rng(0))
     with pytest.raises(gr.InputError):
         exact.conditional(pb, [0, 1, 2], tol=0.0)
+
+
+def test_batched_phi_sums_run_in_chunks_so_wide_rows_certify():
+    # φ = c + Σ_v q_v e^{−t w_v} over G tokens enters the kernel n − 1 times: with one chain of G additions
+    # the rounding term alone, (n − 1)·G·2⁻⁵³ of the accepted mass, is ~1.6e-10 at G = 12 000, n = 64 (over tol);
+    # rows padded to multiples of PHI_CHUNK sum it in chunks (a chain of PHI_CHUNK + G/PHI_CHUNK)
+    q, E = torch.rand(3, 12 * exact.PHI_CHUNK, dtype=torch.float64), torch.rand(3, 12 * exact.PHI_CHUNK, 7,
+                                                                                 dtype=torch.float64)
+    np.testing.assert_allclose(exact._rows_phi(q, E).numpy(), torch.einsum("rg,rgk->rk", q, E).numpy(), rtol=1e-14)
+    assert exact._phi_terms(12 * exact.PHI_CHUNK) == exact.PHI_CHUNK + 13
+    assert exact._phi_terms(12 * exact.PHI_CHUNK + 1) == 12 * exact.PHI_CHUNK + 2  # not a multiple: one chain
+    p, q = _zipf_top_k(20000, 12000, seed=4)
+    r = solve_batch(torch.tensor(p)[None], torch.tensor(q)[None], 64)
+    assert bool(r.success[0]) and float(r.certified_l1[0]) <= 1e-11
