@@ -1918,7 +1918,7 @@ def solve_batch(P, Q, n: int, *, drafts=None, device=None, dtype=None, tol: floa
         system if all its drafts lie in H*, else its lowest outer segment, if not a singleton).
     device : torch device, default: P's device (CPU for arrays).
     dtype : torch.float64 (default) or torch.float32: the dtype of the Newton fit, whose (R, G, K) tensors
-        are the work and the memory of a batch (float32 fits reach ~1e-7 L1: ask for tol ≥ 1e-6; see
+        are the work and the memory of a batch (float32 fits reach 1e-9 to 1e-5 L1: ask for tol ≥ 1e-4; see
         bench/README.md). The structure (H*, α*, segments, targets) and the pseudo-token fits are float64
         either way (in float32 a rejected mass near 1e-7 vanishes and ψ's near-ties decide H* wrongly),
         and a float32 fit is certified by one float64 evaluation of the float32 weights returned
