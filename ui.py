@@ -159,11 +159,20 @@ def problem_from_state(state: dict) -> gr.Problem:
         return gr.Problem.from_logits(target, draft, n, temperature=state["T"], top_k=state["k"] or None,
                                       top_p=state["tp"] if state["tp"] < 1.0 else None, law=law,
                                       labels=_labels(state, len(target)))
+    rows = {name: cells(state[name]) for name in ("p", "q")}
+    V = max(len(rows["p"]), len(rows["q"]))
+    empty = [f"{name} of token {i}" for name, row in rows.items() for i in range(V) if i >= len(row) or not row[i]]
+    if empty:
+        raise gr.InputError(f"Empty cells in the hand editor: {', '.join(empty)}. Type a weight in each (0 for a "
+                            f"token the model never picks), or remove the last token.")
     p = _numbers(state["p"], "p weights")
     q = _numbers(state["q"], "q weights")
-    if len(p) != len(q):
-        raise gr.InputError(f"p has {len(p)} weights and q has {len(q)}; give both the same number of tokens.")
     return gr.Problem.from_weights(p, q, n, law=law, labels=_labels(state, len(p)))
+
+
+def cells(text: str) -> list[str]:
+    """The hand editor's cells of one list of weights, empty ones included (a cleared cell stays in place)."""
+    return [s.strip() for s in text.replace(";", ",").split(",")] if text.strip() else []
 
 
 def manual_state_from(problem: gr.Problem) -> dict:
@@ -267,8 +276,12 @@ def navigation() -> None:
             return  # a page run on its own (AppTest) has no page registry to link into
 
 
-def page_setup(title: str, caption: str = "", *, stop_on_error: bool = True) -> gr.Problem | None:
-    """Sync the URL, draw the title and the shared sidebar, and return the current Problem."""
+def page_setup(title: str, caption: str = "", *, stop_on_error: bool = True,
+               inputs_here: bool = False) -> gr.Problem | None:
+    """Sync the URL, draw the title and the shared sidebar, and return the current Problem.
+
+    `inputs_here`: the page holds the problem's inputs (Distributions), so a bad input is fixed on it.
+    """
     st.set_page_config(page_title=f"{title} · globalres", page_icon=str(ICON), layout="wide")
     warnings = sync_url()
     with st.sidebar:
@@ -289,7 +302,8 @@ def page_setup(title: str, caption: str = "", *, stop_on_error: bool = True) -> 
     try:
         problem = problem_from_state(s)
     except gr.InputError as err:
-        st.error(f"{err}\n\nFix it on the **Distributions** page, or reset to the default example.")
+        where = "the input on the left" if inputs_here else "it on the **Distributions** page"
+        st.error(f"{err}\n\nFix {where}, or reset to the default example.")
         st.button("Reset to the default example", on_click=reset, key="reset.err")
         if stop_on_error:
             st.stop()
@@ -298,11 +312,21 @@ def page_setup(title: str, caption: str = "", *, stop_on_error: bool = True) -> 
         a = alpha(problem.key())
         st.markdown(f"**{SOURCE_NAMES[s['src']]}**" + (f": `{s['preset']}`" if s["src"] == "preset" else ""))
         st.metric("α* (optimal acceptance)", f"{a:.6f}")
-        st.caption(f"V = {problem.V} tokens, n = {problem.n}, law = {problem.law}")
-        st.caption("H* = {" + ", ".join(problem.label(i) for i in hstar(problem.key())) + "}")
+        st.caption(f"V = {problem.V} token{'s' if problem.V != 1 else ''}, n = {problem.n}, law = {problem.law}")
+        st.caption("H* = " + set_text(problem, hstar(problem.key())))
         st.caption("The page URL reproduces this state exactly; share it.")
         st.button("Reset to the default example", on_click=reset, key="reset.side")
     return problem
+
+
+MAX_SET_LABELS = 12  # a set longer than this (H* at V = 64) filled the sidebar
+
+
+def set_text(problem: gr.Problem, tokens: list[int]) -> str:
+    """{a, b, …} with at most MAX_SET_LABELS labels, then how many there are in all."""
+    shown = [problem.label(i) for i in tokens[:MAX_SET_LABELS]]
+    more = f", … ({len(tokens)} in all)" if len(tokens) > MAX_SET_LABELS else ""
+    return "{" + ", ".join(shown) + more + "}"
 
 
 def reset() -> None:

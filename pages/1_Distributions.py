@@ -9,24 +9,46 @@ import ui
 from globalres import viz
 
 problem = ui.page_setup("Distributions", "Target p, draft q, n drafts and the law they are drawn by.",
-                        stop_on_error=False)
+                        stop_on_error=False, inputs_here=True)
 s = ui.state()
 
 
+def _entries(name: str) -> list[str]:
+    if name == "lab":
+        return s["lab"].split(",") if s["lab"] else []
+    return ui.cells(s[name])
+
+
+def _padded(values: list[str], length: int, name: str) -> list[str]:
+    return values + [f"t{j}" if name == "lab" else "0" for j in range(len(values), length)]
+
+
+def _cell(text: str) -> float | None:
+    """A cell's number; None (an empty cell) for a missing or invalid weight, so that any number typed is a
+    change (an invalid -0.3 shown as 0.0 took no 0)."""
+    value = float(text) if ui._is_float(text) else math.nan
+    return value if math.isfinite(value) and value >= 0 else None
+
+
 def _set_entry(name: str, i: int, key: str) -> None:
-    values = s[name].split(",")
-    value = st.session_state[key]
-    values[i] = repr(float(value)) if name != "lab" else str(value).replace(",", " ")
-    s[name] = ",".join(values)
+    values, value = _entries(name), st.session_state[key]
+    # a cleared cell stays in place, empty, and the error names it
+    text = str(value).replace(",", " ") if name == "lab" else "" if value is None else repr(float(value))
+    if i < len(values):
+        values[i] = text
+        s[name] = ",".join(values)
+    elif text:  # past the end of this list: the cells between become zeros, shown by rebuilt widgets
+        ui.replace_state({name: ",".join(_padded(values, i, name) + [text])})
 
 
 def _resize(delta: int) -> None:
-    p, q, lab = s["p"].split(","), s["q"].split(","), s["lab"].split(",") if s["lab"] else []
+    p, q, lab = _entries("p"), _entries("q"), _entries("lab")
+    rows = max(len(p), len(q))
     if delta > 0:
-        p, q = p + ["0.1"], q + ["0.1"]
-        lab = lab + [f"t{len(p) - 1}"] if lab else lab
-    elif len(p) > 1:
-        p, q, lab = p[:-1], q[:-1], lab[:-1]
+        p, q = _padded(p, rows, "p") + ["0.1"], _padded(q, rows, "q") + ["0.1"]
+        lab = _padded(lab, rows, "lab") + [f"t{rows}"] if lab else lab
+    elif rows > 1:
+        p, q, lab = p[:rows - 1], q[:rows - 1], lab[:rows - 1]  # cuts only the lists that have that row
     ui.replace_state({"p": ",".join(p), "q": ",".join(q), "lab": ",".join(lab)})
 
 
@@ -80,8 +102,9 @@ with edit:
             ui.bind(st.slider, "tp", "draft top-p", min_value=0.05, max_value=1.0, step=0.01)
         ui.bind(st.text_input, "lab", "Token labels (comma-separated, optional)")
     else:
-        p, q = s["p"].split(","), s["q"].split(",")
-        lab = s["lab"].split(",") if s["lab"] else [str(i) for i in range(len(p))]
+        p, q = _entries("p"), _entries("q")
+        rows = max(len(p), len(q))
+        lab = _entries("lab") or [str(i) for i in range(rows)]
         st.caption("Weights are renormalised live: any non-negative numbers will do (the table under the "
                    "chart shows p and q).")
         # three columns, not five: with the normalised values beside them, a 1100 px window wrapped the
@@ -89,27 +112,25 @@ with edit:
         head = st.columns([1.3, 2, 2])
         for col, text in zip(head, ["token", "p weight", "q weight"]):
             col.markdown(f"**{text}**")
-        for i in range(min(len(p), ui.MAX_V_MANUAL)):
+        for i in range(min(rows, ui.MAX_V_MANUAL)):
             cols = st.columns([1.3, 2, 2])
             for col, name, values in ((cols[1], "p", p), (cols[2], "q", q)):
                 key = ui.wkey(f"{name}{i}")
-                value = float(values[i]) if i < len(values) and ui._is_float(values[i]) else 0.0
-                value = value if math.isfinite(value) else 0.0  # the error above names it; a widget cannot hold it
-                col.number_input(f"{name} weight of token {i}", value=max(value, 0.0), min_value=0.0, step=0.01,
-                                 format="%.4f", key=key, label_visibility="collapsed", on_change=_set_entry,
-                                 args=(name, i, key))
+                col.number_input(f"{name} weight of token {i}", value=_cell(values[i]) if i < len(values) else None,
+                                 min_value=0.0, step=0.01, format="%.4f", key=key, label_visibility="collapsed",
+                                 on_change=_set_entry, args=(name, i, key))
             if s["lab"]:
                 key = ui.wkey(f"lab{i}")
                 cols[0].text_input(f"label of token {i}", value=lab[i] if i < len(lab) else "", key=key,
                                    label_visibility="collapsed", on_change=_set_entry, args=("lab", i, key))
             else:
                 cols[0].markdown(f"`{i}`")
-        if len(p) > ui.MAX_V_MANUAL:
-            st.caption(f"The editor shows the first {ui.MAX_V_MANUAL} of {len(p)} tokens; the others keep their "
+        if rows > ui.MAX_V_MANUAL:
+            st.caption(f"The editor shows the first {ui.MAX_V_MANUAL} of {rows} tokens; the others keep their "
                        "weights (they are in the URL).")
         b1, b2 = st.columns(2)
-        b1.button("Add token", on_click=_resize, args=(1,), disabled=len(p) >= ui.MAX_V_MANUAL)
-        b2.button("Remove last", on_click=_resize, args=(-1,), disabled=len(p) <= 1)
+        b1.button("Add token", on_click=_resize, args=(1,), disabled=rows >= ui.MAX_V_MANUAL)
+        b2.button("Remove last", on_click=_resize, args=(-1,), disabled=rows <= 1)
     if src != "manual" and problem is not None:
         st.button("Edit these numbers by hand", on_click=ui.replace_state, args=(ui.manual_state_from(problem),))
 

@@ -156,6 +156,67 @@ def test_distributions_add_and_remove_tokens():
     assert ui.problem_from_state(at.session_state["gr.state"]).V == 2
 
 
+def test_hand_editor_shows_every_row_of_lists_of_different_lengths():
+    # q's third weight used to be hidden (rows came from p alone), so the mismatch could not be fixed in the editor
+    at = run("pages/1_Distributions.py", {"src": "manual", "p": "0.5,0.3", "q": "0.2,0.3,0.5"})
+    assert not at.exception
+    assert widget(at.number_input, "q2").value == 0.5
+    assert widget(at.number_input, "p2").value is None, "a missing entry is an empty cell"
+    message = " ".join(e.value for e in at.error)
+    assert "Empty cells in the hand editor: p of token 2" in message
+    assert "Fix the input on the left" in message and "Distributions** page" not in message
+    widget(at.number_input, "p2").set_value(0.2).run()
+    assert_clean(at)
+    assert at.session_state["gr.state"]["p"] == "0.5,0.3,0.2"
+
+
+def test_hand_editor_typing_past_the_end_of_a_list_pads_it_with_zeros():
+    at = run("pages/1_Distributions.py", {"src": "manual", "p": "1", "q": "1,1,1"})
+    widget(at.number_input, "p2").set_value(2.0).run()
+    assert_clean(at)
+    assert at.session_state["gr.state"]["p"] == "1,0,2.0"
+    assert widget(at.number_input, "p1").value == 0.0, "the padded cell shows the 0 it now holds"
+
+
+def test_hand_editor_add_and_remove_with_lists_of_different_lengths():
+    at = run("pages/1_Distributions.py", {"src": "manual", "p": "0.5,0.3", "q": "0.2,0.3,0.5"})
+    next(b for b in at.button if b.label == "Remove last").click().run()
+    assert_clean(at)  # only q had a third row
+    assert (at.session_state["gr.state"]["p"], at.session_state["gr.state"]["q"]) == ("0.5,0.3", "0.2,0.3")
+    at = run("pages/1_Distributions.py", {"src": "manual", "p": "0.5", "q": "0.2,0.3,0.5"})
+    next(b for b in at.button if b.label == "Add token").click().run()
+    assert_clean(at)
+    assert (at.session_state["gr.state"]["p"], at.session_state["gr.state"]["q"]) == ("0.5,0,0,0.1",
+                                                                                      "0.2,0.3,0.5,0.1")
+
+
+@pytest.mark.parametrize("bad", ["-0.3", "nan"])
+def test_hand_editor_shows_an_invalid_weight_as_an_empty_cell(bad):
+    # shown as 0.0000, typing 0 changed nothing and the error stayed; an empty cell takes any number
+    at = run("pages/1_Distributions.py", {"src": "manual", "p": f"0.5,{bad},0.2", "q": "0.2,0.3,0.5"})
+    assert not at.exception and at.error
+    assert widget(at.number_input, "p1").value is None
+    widget(at.number_input, "p1").set_value(0.0).run()
+    assert_clean(at)
+    assert at.session_state["gr.state"]["p"] == "0.5,0.0,0.2"
+
+
+def test_hand_editor_a_cleared_cell_stays_in_place_and_is_named_in_the_error():
+    # a cleared cell is an empty entry of the list (AppTest cannot clear a number_input: this is the state it leaves)
+    at = run("pages/1_Distributions.py", {"src": "manual", "p": "0.5,0.3,0.2", "q": ",0.3,0.5"})
+    assert not at.exception
+    assert widget(at.number_input, "q0").value is None and widget(at.number_input, "q1").value == 0.3
+    assert any("Empty cells in the hand editor: q of token 0." in e.value for e in at.error)
+
+
+def test_sidebar_says_token_or_tokens():
+    at = run("pages/1_Distributions.py", {"src": "manual", "p": "1", "q": "1"})
+    assert_clean(at)
+    assert any(c.value.startswith("V = 1 token,") for c in at.sidebar.caption)
+    at = run("pages/1_Distributions.py")
+    assert any(c.value.startswith("V = 3 tokens,") for c in at.sidebar.caption)
+
+
 def test_distributions_bad_logits_show_an_error_with_a_fix():
     at = run("pages/1_Distributions.py", {"src": "logits"})
     assert_clean(at)
