@@ -280,7 +280,9 @@ def page_setup(title: str, caption: str = "", *, stop_on_error: bool = True,
                inputs_here: bool = False) -> gr.Problem | None:
     """Sync the URL, draw the title and the shared sidebar, and return the current Problem.
 
-    `inputs_here`: the page holds the problem's inputs (Distributions), so a bad input is fixed on it.
+    `stop_on_error=False`: the page goes on without the problem (None). Unless it holds the problem's inputs
+    (`inputs_here`, Distributions: the error is fixed on it), a bad shared problem is then only a warning: such
+    a page (Real model) does not use it.
     """
     st.set_page_config(page_title=f"{title} · globalres", page_icon=str(ICON), layout="wide")
     warnings = sync_url()
@@ -303,7 +305,11 @@ def page_setup(title: str, caption: str = "", *, stop_on_error: bool = True,
         problem = problem_from_state(s)
     except gr.InputError as err:
         where = "the input on the left" if inputs_here else "it on the **Distributions** page"
-        st.error(f"{err}\n\nFix {where}, or reset to the default example.")
+        if stop_on_error or inputs_here:
+            st.error(f"{err}\n\nFix {where}, or reset to the default example.")
+        else:
+            st.warning(f"The shared problem of the other pages has an error: {err}\n\nThis page does not use it "
+                       f"(only its n). Fix {where}, or reset to the default example.")
         st.button("Reset to the default example", on_click=reset, key="reset.err")
         if stop_on_error:
             st.stop()

@@ -6,9 +6,10 @@ import globalres as gr
 import ui
 from globalres import viz
 
-problem = ui.page_setup("Real model: SmolLM2-135M and its early-exit draft",
-                        "Real next-token distributions at positions of real text, bundled with the package "
-                        "(no model needed). The draft is cut to its top-k; the other tokens are folded into one.")
+ui.page_setup("Real model: SmolLM2-135M and its early-exit draft",
+              "Real next-token distributions at positions of real text, bundled with the package "
+              "(no model needed). The draft is cut to its top-k; the other tokens are folded into one.",
+              stop_on_error=False)  # this page builds its own problems: a bad shared one must not stop it
 s = ui.state()
 pairs = ui.real_pairs()
 if isinstance(pairs, gr.InputError):
