@@ -159,9 +159,10 @@ def grid(w: np.ndarray, n: int, c0: int, h: float) -> tuple[int, int]:
 
 # numpy's float64 exp is vectorised only on AVX-512 CPUs (1.05 ns an entry on the Xeon of earlier
 # sessions); on AVX2 it is glibc's scalar exp, 7–9 ns an entry on the 2-core AMD EPYC of this one, where a
-# k = 1000 token spent ~1.4 ms in it. torch's CPU exp (SLEEF, ≤ 1 ulp, as glibc) is vectorised on AVX2 too
+# k = 1000 token spent ~1.4 ms in it. torch's CPU exp (≤ 1 ulp, as glibc's) is vectorised on AVX2 too
 # (2.3 ns there), and torch is installed with globalres; it is imported only for arrays this large.
 FAST_EXP = 4096  # entries from which `exp_inplace` hands the array to torch
+TORCH_GRAIN = 2048  # torch's grain for exp (MKL's VML): a piece this small runs on the calling thread
 
 
 @functools.lru_cache(maxsize=1)
@@ -170,7 +171,16 @@ def _torch_exp():
         import torch
     except ImportError:  # torch is optional for the numpy path: numpy's exp does it, slower
         return None
-    return lambda E: torch.from_numpy(E).exp_()
+
+    def exp_(E):
+        # in pieces of one grain: a larger op wakes torch's OpenMP pool, whose threads then spin on the
+        # other core (measured: 26 ms of CPU for a 4.5 ms k = 1000 token, the trap `one_blas_thread` avoids);
+        # pieces cost ~2.7 µs each (130 µs at k = 1000); torch.set_num_threads(1) around one call would not,
+        # but that is the caller's global state
+        for piece in torch.from_numpy(E).view(-1).split(TORCH_GRAIN):
+            piece.exp_()
+
+    return exp_
 
 
 def exp_inplace(E: np.ndarray) -> np.ndarray:
