@@ -18,7 +18,8 @@ A small **draft** model q proposes n candidate next tokens ω = (x₁, …, xₙ
 scores all of them in one pass. A **verifier** π(· | ω) then emits one token: it must be *lossless*, i.e. the
 emitted token is exactly p-distributed whatever the draft, and we want it to be one of the drafts as often as
 possible (its *acceptance* α). The best lossless verifier solves an optimal-transport linear program (OTLP)
-whose optimum is **α\\* = 1 + min_H [p(H) − q(H)ⁿ]**, attained at a token set H\\* found by one sorted scan.
+whose optimum is **α\\* = 1 + min_H [p(H) − P(all n drafts in H)]** (p(H) − q(H)ⁿ for i.i.d. drafts), attained
+at a token set H\\* found by one sorted scan.
 This app solves that problem three ways — the full OTLP, a max-flow/min-cut, and the paper's convex reduction
 (plus an exact, truncation-free solver) — and shows that they agree, side by side, for any p, q, n you choose.
 """

@@ -33,9 +33,7 @@ MAX_K_REAL = 100  # draft top-k on the real-model page; the problem keeps these 
 ICON = Path(__file__).resolve().parent / "assets" / "favicon.png"  # a local file: material icons are fetched
 MAX_FLOW_EDGES = 30_000  # networkx's max-flow: ~2 s at 2·10⁴ token-to-multiset edges, 40 s at 1.2·10⁵
 # the library's advice names its API; in the app the same advice is a page
-APP_ADVICE = {"Use method='exact'": "In this app, the exact solver (Side by side, Convex reduction) has no size "
-                                    "limit; or lower V or n in the sidebar.",
-              "for other draft laws": "In this app, the OTLP and Max-flow pages take every draft law."}
+APP_ADVICE = {"for other draft laws": "In this app, the OTLP and Max-flow pages take every draft law."}
 VERIFIERS = ("sps", "nss", "naive", "kseq", "rrs", "rrs_wor", "spechub", "greedy", "khisti_is")
 
 # name -> default value: every entry of the shared state, page-specific ones included.
@@ -406,15 +404,38 @@ def advised(note: str) -> str:
 
 
 def solve(problem: gr.Problem, method: str, **options) -> Outcome:
-    """A cached solve keyed by the problem, method and options, with a spinner while it runs. Max-flow
-    gets the app's smaller size limit (MAX_FLOW_EDGES): past it networkx takes minutes."""
+    """A cached solve keyed by the problem, method and options, with a spinner while it runs; refused past the
+    app's size limits (`size_note`: max-flow's MAX_FLOW_EDGES is smaller than the library's, as networkx takes
+    minutes past it)."""
     if not available(method):
         return Outcome(method, note=f"The {method!r} method is not available in this installation yet.",
                        missing=True)
-    if method in ("maxflow", "opt_maxflow"):
-        options.setdefault("max_variables", MAX_FLOW_EDGES)
+    too_large = size_note(problem, method)
+    if too_large:
+        return Outcome(method, note=too_large)
     with st.spinner(f"Solving with {method}…"):
         return _solve(problem.key(), method, tuple(sorted(options.items())))
+
+
+def size_note(problem: gr.Problem, method: str) -> str:
+    """Why `method` is refused at this size, in the app's terms; "" if it is not. The library's own refusal
+    advises its API (method=, group=), and calls max-flow's token-to-multiset edges LP variables."""
+    from globalres.otlp import MAX_VARIABLES, group_count
+
+    if method not in ("lp", "relaxed_lp", "maxflow", "opt_maxflow"):
+        return ""
+    flow = method in ("maxflow", "opt_maxflow")
+    limit = MAX_FLOW_EDGES if flow else MAX_VARIABLES
+    groups = group_count(problem, "multiset")
+    if groups * problem.V <= limit:
+        return ""
+    what = (f"The max-flow network for V = {problem.V}, n = {problem.n} has {groups:.3g} draft multisets × "
+            f"{problem.V} tokens = {groups * problem.V:.3g} token-to-multiset edges, past max-flow's limit of "
+            f"{limit:.3g} in this app" if flow else
+            f"The OTLP for V = {problem.V}, n = {problem.n} has {groups:.3g} draft multisets × {problem.V} tokens = "
+            f"{groups * problem.V:.3g} variables, past the exact LP's limit of {limit:.3g}")
+    return (f"{what} (it would take minutes). Lower n or V on the Distributions page, or see the exact solver's "
+            f"result, which has no size limit, on the Convex reduction or Side by side page.")
 
 
 def show_outcome(out: Outcome) -> bool:

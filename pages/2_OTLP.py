@@ -31,7 +31,9 @@ with left:
         ui.download_plan(plan, "otlp.csv")
 with right:
     st.subheader("Relaxed OTLP → reconstruction (Eq. 18)")
-    if ui.show_outcome(relaxed):
+    if not relaxed.ok and relaxed.note == full.note:
+        st.caption("The same size limit as the full OTLP (left).")
+    elif ui.show_outcome(relaxed):
         plan = relaxed.plan
         c1, c2 = st.columns(2)
         c1.metric("Σ S (relaxed)", f"{plan.info['relaxed_value']:.6f}")

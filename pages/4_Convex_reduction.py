@@ -11,8 +11,9 @@ METHODS = {"global_resolution": "Global Resolution (the paper, truncated)", "exa
 
 problem = ui.page_setup(
     "Convex reduction",
-    "α* = 1 + min_H ψ(H), ψ(H) = p(H) − q(H)ⁿ; the minimisers are prefixes of the tokens sorted by q/p "
-    "(Lemma 6.3), and the outer targets follow a running minimum along the rest of the chain (Thm 6.2).")
+    "α* = 1 + min_H ψ(H), ψ(H) = p(H) − P(all n drafts in H) (= p(H) − q(H)ⁿ for i.i.d. drafts); the minimisers "
+    "are prefixes of the tokens sorted by q/p (Lemma 6.3), and the outer targets follow a running minimum along "
+    "the rest of the chain (Thm 6.2).")
 a = ui.alpha(problem.key())
 chain, segs = st.columns([3, 2], gap="large")
 with chain:

@@ -242,11 +242,14 @@ def test_distributions_random_source():
 
 
 # ----------------------------------------------------------------------------- other pages
-def test_otlp_size_guard_explains_itself():
+def test_otlp_size_guard_explains_itself_once_in_the_apps_terms():
     at = run("pages/2_OTLP.py", {"src": "random", "V": "40", "n": "6"})
     assert not at.exception
-    text = " ".join(w.value for w in at.warning)
-    assert "past the exact LP's limit" in text and "exact" in text
+    assert len(at.warning) == 1 and any("same size limit" in c.value for c in at.caption)  # not once per LP
+    text = at.warning[0].value
+    assert "3.26e+08 variables, past the exact LP's limit of 3e+05" in text
+    assert "Lower n or V on the Distributions page" in text and "Convex reduction" in text
+    assert "group=" not in text and "method=" not in text, "the library's advice names its API, not a page"
 
 
 def test_max_flow_refuses_what_would_take_minutes_and_says_where_to_go():
@@ -254,8 +257,9 @@ def test_max_flow_refuses_what_would_take_minutes_and_says_where_to_go():
     at = run("pages/3_Max_flow.py", {"src": "random", "V": "20", "n": "4", "seed": "3"})
     assert not at.exception
     text = " ".join(w.value for w in at.warning)
-    assert "past max-flow's limit of 3e+04" in text and "In this app, the exact solver" in text
-    assert "method=" in text  # the library's advice stays, for the Python user
+    assert "The max-flow network for V = 20, n = 4" in text and "edges, past max-flow's limit of 3e+04" in text
+    assert "OTLP" not in text and "LP" not in text, "the refusal names the max-flow, not the LP it is checked like"
+    assert "Lower n or V on the Distributions page" in text and "method=" not in text
     assert len(at.warning) == 1 and any("same size limit" in c.value for c in at.caption)  # said once
 
 
