@@ -219,6 +219,14 @@ def test_sidebar_says_token_or_tokens():
     assert any(c.value.startswith("V = 3 tokens,") for c in at.sidebar.caption)
 
 
+def test_sidebar_lists_at_most_twelve_tokens_of_h_star():
+    at = run("pages/1_Distributions.py", {"src": "random", "V": "64"})
+    assert_clean(at)
+    size = len(gr.h_star(gr.Problem.random(64, 2, seed=0)))
+    line = next(c.value for c in at.sidebar.caption if c.value.startswith("H* = "))
+    assert line.endswith(f", … ({size} in all)}}") and line.count(",") == 12
+
+
 def test_distributions_bad_logits_show_an_error_with_a_fix():
     at = run("pages/1_Distributions.py", {"src": "logits"})
     assert_clean(at)
