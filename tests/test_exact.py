@@ -60,6 +60,16 @@ def test_fast_exp_is_within_an_ulp_of_numpy():
     np.testing.assert_allclose(exact.exp_inplace(x.copy()), np.exp(x), rtol=3 * 2.0**-52, atol=0)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 8, 16, 31, 64])
+def test_int_power_is_pow_to_n_roundings(n):
+    # the layout's Qcⁿ by repeated squaring: within (n − 1)·2⁻⁵³ of xⁿ, so within (n + 1)·2⁻⁵³ of pow
+    # (≤ 1 ulp itself), on numpy and torch alike
+    x = np.random.default_rng(n).uniform(0.0, 1.0, 10_000)
+    np.testing.assert_allclose(exact.int_power(x, n), x**n, rtol=(n + 1) * 2.0**-53, atol=0)
+    assert torch.equal(exact.int_power(torch.from_numpy(x), n), torch.from_numpy(exact.int_power(x, n)))
+    assert exact.int_power(x, 1) is not x
+
+
 def test_numpy_path_needs_no_torch(monkeypatch):
     # without torch the numpy path takes numpy's exp: the same fit, to round-off, and still certified
     pb = gr.Problem(*_bench_pair(4000, 1000, 3, 1.1, 1.0), n=8)
