@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import cpu  # noqa: E402
 from pairs import pairs  # noqa: E402
 
 from globalres.exact import sample_batch, solve_batch  # noqa: E402
@@ -171,7 +171,7 @@ def table(rows):
 
 
 def machine(devices):
-    text = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch CPU thread(s), " \
+    text = f"{cpu()}, {torch.get_num_threads()} torch CPU thread(s), " \
            f"torch {torch.__version__}"
     for device in devices:
         if device.startswith("cuda"):

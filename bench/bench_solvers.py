@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ from scipy.stats import chisquare
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import cpu  # noqa: E402
 from pairs import labelled_pairs  # noqa: E402
 
 import globalres as gr  # noqa: E402
@@ -390,7 +390,7 @@ def main():
         point = f"({k}, {n}, {V})"
         results[point], real[point] = run_point(k, n, V, count, skip_after, args.draws)
         print(f"done (k={k}, n={n}, V={V})", file=sys.stderr, flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), " \
+    machine = f"{cpu()}, {torch.get_num_threads()} torch thread(s), " \
               f"torch {torch.__version__}, numpy {np.__version__}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(dict(machine=machine, pairs=count, real_pairs=real, budget_s=MINUTE,
