@@ -157,47 +157,12 @@ def grid(w: np.ndarray, n: int, c0: int, h: float) -> tuple[int, int]:
     return lo, max(math.ceil(math.log(t_hi) / h), lo + 1)
 
 
-# numpy's float64 exp is vectorised only on AVX-512 CPUs (1.05 ns an entry on the Xeon of earlier
-# sessions); on AVX2 it is glibc's scalar exp, 7–9 ns an entry on the 2-core AMD EPYC of this one, where a
-# k = 1000 token spent ~1.4 ms in it. torch's CPU exp (≤ 1 ulp, as glibc's) is vectorised on AVX2 too
-# (2.3 ns there), and torch is installed with globalres; it is imported only for arrays this large.
-FAST_EXP = 4096  # entries from which `exp_inplace` hands the array to torch
-TORCH_GRAIN = 2048  # torch's grain for exp (MKL's VML): a piece this small runs on the calling thread
-
-
-@functools.lru_cache(maxsize=1)
-def _torch_exp():
-    try:
-        import torch
-    except ImportError:  # torch is optional for the numpy path: numpy's exp does it, slower
-        return None
-
-    def exp_(E):
-        # in pieces of one grain: a larger op wakes torch's OpenMP pool, whose threads then spin on the
-        # other core (measured: 26 ms of CPU for a 4.5 ms k = 1000 token, the trap `one_blas_thread` avoids);
-        # pieces cost ~2.7 µs each (130 µs at k = 1000); torch.set_num_threads(1) around one call would not,
-        # but that is the caller's global state
-        for piece in torch.from_numpy(E).view(-1).split(TORCH_GRAIN):
-            piece.exp_()
-
-    return exp_
-
-
-def exp_inplace(E: np.ndarray) -> np.ndarray:
-    """E ← e^E in place (C-contiguous float64), by torch's vectorised exp for large E when torch is present."""
-    fast = _torch_exp() if E.size >= FAST_EXP else None
-    if fast is None:
-        return np.exp(E, out=E)
-    fast(E)
-    return E
-
-
 def exponentials(w: np.ndarray, t: np.ndarray) -> np.ndarray:
     """E = e^{−t w} (G, K), the exponent capped at EXP_CAP; one allocation, in place after it.
     (einsum: numpy's outer product does not vectorise its broadcast operand; 20% faster at k = 1000.)"""
     E = np.einsum("g,k->gk", w, -t)
     np.maximum(E, -EXP_CAP, out=E)
-    return exp_inplace(E)
+    return np.exp(E, out=E)
 
 
 def integrals(system: System, w, E, t, h, dt=None):
@@ -1007,16 +972,22 @@ def merge_ties(system: System, fit):
 # ------------------------------------------------------------------------------------ structure
 def int_power(x, n: int):
     """xⁿ for an integer n ≥ 1 by repeated squaring (numpy arrays or torch tensors): 2·log₂ n products,
-    where pow is scalar libm on AVX2 (23 ns an entry: 1.2 ms of a k = V token for Qcⁿ alone, against 34 µs).
+    where x ** n is scalar libm pow on AVX2 (Qcⁿ at k = V, n = 4–16: 0.8–0.9 ms against 25–46 µs).
     Each product rounds once, so the relative error is at most (n − 1)·2⁻⁵³ against pow's 2⁻⁵³."""
     result, base = None, x
-    while True:
+    while True:  # in place where it can: on a VM a fresh 400 kB array can cost 0.4 ms of page faults
         if n & 1:
-            result = base if result is None else result * base
+            if result is None:
+                result = x * 1 if base is x else base  # a new array, as x ** n gives
+            else:
+                result *= base
         n >>= 1
         if not n:
-            return result * 1 if result is x else result  # a new array, as x ** n gives
-        base = base * base
+            return result
+        if base is x or base is result:
+            base = base * base
+        else:
+            base *= base
 
 
 def layout(p: np.ndarray, q: np.ndarray, n: int) -> dict:
