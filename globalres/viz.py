@@ -20,12 +20,15 @@ BLACK, ORANGE, SKY, GREEN, YELLOW, BLUE, VERMILLION, PURPLE = (
 P_COLOUR, Q_COLOUR, H_COLOUR, ACCEPT_COLOUR = BLUE, ORANGE, "rgba(0,158,115,0.15)", VERMILLION
 FONT = 16
 MAX_OUTLINES = 3000  # shapes beyond this make the browser sluggish
+SINK_X = 3.6  # the draft groups' labels (right of x = 2) ran into the sink's at 3
+MAX_TICKS = 20  # category labels on an axis; past this, every k-th
 
 
 def _style(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+    # the legend at the foot of the figure: above the plot, in a half-width column, it wrapped into the title
     fig.update_layout(title=dict(text=title, font=dict(size=FONT + 4)), height=height, template="plotly_white",
                       font=dict(size=FONT), margin=dict(l=60, r=20, t=60, b=50),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
+                      legend=dict(orientation="h", yref="container", yanchor="bottom", y=0, x=0, xanchor="left"))
     return fig
 
 
@@ -136,7 +139,9 @@ def psi_chain(problem: Problem) -> go.Figure:
                     # at either end of the chain a centred label would be cut by the plot's edge
                     textposition="bottom right" if k == 0 else "bottom left" if k == len(x) - 1 else "bottom center",
                     marker=dict(size=16, color=BLACK, symbol="star"))
-    fig.update_xaxes(title="prefix, tokens by q/p ↓ (shaded: H*, segments)", tickvals=x, ticktext=names)
+    every = -(-x.size // MAX_TICKS)  # at V = 64 a label per prefix smeared into one band
+    fig.update_xaxes(title="prefix, tokens by q/p ↓ (shaded: H*, segments)", tickvals=x[::every],
+                     ticktext=names[::every])
     fig.update_yaxes(title="ψ(H) = p(H) − Q(Hⁿ)")
     return _style(fig, "ψ along the q/p-sorted chain")
 
@@ -200,10 +205,7 @@ def mc_histogram(problem: Problem, counts: np.ndarray) -> go.Figure:
                     error_y=dict(type="data", array=err, color=BLACK))
     fig.update_xaxes(title="output token", type="category")
     fig.update_yaxes(title="frequency", rangemode="tozero")
-    fig = _style(fig, "Monte Carlo: output tokens against p", 430)
-    # below the axis: at the top right the two long entries ran into the title in a half-width column
-    return fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, x=0, xanchor="left"),
-                             margin=dict(b=100))
+    return _style(fig, "Monte Carlo: output tokens against p", 430)
 
 
 def step_bars(problem: Problem, drafts, pi: np.ndarray, output: int | None = None) -> go.Figure:
@@ -222,13 +224,14 @@ def step_bars(problem: Problem, drafts, pi: np.ndarray, output: int | None = Non
 
 
 def flow_network(problem: Problem, groups: np.ndarray, group_probs: np.ndarray, flows: np.ndarray,
-                 h_star=(), title: str = "Max-flow network") -> go.Figure:
+                 h_star=(), title: str = "Max-flow network", *, compact: bool = False) -> go.Figure:
     """The max-flow network of the paper's §2.4: source → tokens → draft groups → sink.
 
     Edges s→i have capacity p(i), i→ω capacity ∞ when i ∈ ω, ω→t capacity Q(ω); `flows` (V, N)
     is the flow on the middle edges. The source side of the min cut holds every token outside H*;
     tokens in H* (the cut's token side) are drawn in green. Hover a node or an edge midpoint for its
-    capacity and flow.
+    capacity and flow. `compact` (a third of the page): draft groups unlabelled (hover them), token labels
+    above their nodes (beside them, the middle token's ran into the source and the sink).
     """
     groups = np.asarray(groups)
     F = np.asarray(flows, dtype=float)  # (V, N)
@@ -257,7 +260,7 @@ def flow_network(problem: Problem, groups: np.ndarray, group_probs: np.ndarray, 
     gi, ti = np.nonzero(np.asarray(F.T > 1e-12))
     edges([1] * gi.size, tok_y[ti], [2] * gi.size, grp_y[gi], F[ti, gi], ["∞"] * gi.size,
           "token → drafts (carrying flow)", GREEN)
-    edges([2] * N, grp_y, [3] * N, [0.5] * N, outflow, [f"{x:.5f}" for x in group_probs], "drafts → sink",
+    edges([2] * N, grp_y, [SINK_X] * N, [0.5] * N, outflow, [f"{x:.5f}" for x in group_probs], "drafts → sink",
           ORANGE)
     labels = _labels(problem)
     hover = [f"{labels[i]}: p = {problem.p[i]:.5f}, flow in {inflow[i]:.5f}" for i in range(V)]
@@ -272,14 +275,17 @@ def flow_network(problem: Problem, groups: np.ndarray, group_probs: np.ndarray, 
     # labels as annotations on a white ground: as scatter text they sat on the edges that cross them
     ground = dict(showarrow=False, bgcolor="rgba(255,255,255,0.85)", font=dict(size=FONT - 2, color=BLACK))
     for i in range(V):
-        fig.add_annotation(x=1, y=tok_y[i], text=labels[i], xanchor="right", xshift=-14, **ground)
-    for g in range(N if N <= 40 else 0):
+        if compact:
+            fig.add_annotation(x=1, y=tok_y[i], text=labels[i], yanchor="bottom", yshift=10, **ground)
+        else:
+            fig.add_annotation(x=1, y=tok_y[i], text=labels[i], xanchor="right", xshift=-14, **ground)
+    for g in range(N if N <= 40 and not compact else 0):
         fig.add_annotation(x=2, y=grp_y[g], text=glabels[g], xanchor="left", xshift=9, **ground)
-    fig.add_scatter(x=[0, 3], y=[0.5, 0.5], mode="markers", marker=dict(size=22, color=BLACK),
+    fig.add_scatter(x=[0, SINK_X], y=[0.5, 0.5], mode="markers", marker=dict(size=22, color=BLACK),
                     name="s, t", hoverinfo="skip")
-    for x, text in ((0, "source s"), (3, "sink t")):
+    for x, text in ((0, "source s"), (SINK_X, "sink t")):
         fig.add_annotation(x=x, y=0.5, text=text, yanchor="top", yshift=-14, **ground)
-    fig.update_xaxes(visible=False, range=[-0.9, 4.1])
+    fig.update_xaxes(visible=False, range=[-0.9, SINK_X + 1.1])
     fig.update_yaxes(visible=False, range=[-0.08, 1.08])
     return _style(fig, title, height=int(min(1200, 300 + 18 * max(V, N))))
 

@@ -1,5 +1,6 @@
 """Verifiers: every practical verifier's acceptance against α*, a Monte Carlo check, and losslessness."""
 
+import pandas as pd
 import streamlit as st
 
 import ui
@@ -37,9 +38,11 @@ left, right = st.columns(2, gap="large")
 with left:
     if names:
         ui.chart(viz.acceptance_bars(names, accs, a, lossless), "verifier_acceptance", "ver.bars")
-    st.dataframe(rows, hide_index=True, width="stretch", column_config={
-        "acceptance": st.column_config.NumberColumn(format="%.6f"),
-        "‖output − p‖₁": st.column_config.NumberColumn(format="%.1e")})
+    # a Styler, for its na_rep: a missing number printed "None"; the note, the longest text, gets the room
+    table = pd.DataFrame(rows).style.format({"acceptance": "{:.6f}", "‖output − p‖₁": "{:.1e}"}, na_rep="—")
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "verifier": st.column_config.TextColumn(width="small"), "lossless": st.column_config.TextColumn(width="small"),
+        "note": st.column_config.TextColumn(width="large")})
     if missing:
         st.info("Not available in this installation yet: " + ", ".join(missing) + ".")
 with right:
