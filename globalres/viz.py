@@ -185,7 +185,7 @@ def acceptance_bars(names: list[str], acceptance: list[float], alpha_star: float
                            hovertemplate="%{y}: %{x:.6f}<extra></extra>"))
     fig.add_vline(x=alpha_star, line=dict(color=BLACK, dash="dash", width=2),
                   annotation_text=f"α* = {alpha_star:.4f}", annotation_position="top")
-    fig.update_xaxes(title="acceptance P(output ∈ drafts)", range=[0, 1.3 if not all(lossless or [True]) else 1.12])
+    fig.update_xaxes(title="P(output ∈ drafts)", range=[0, 1.3 if not all(lossless or [True]) else 1.12])
     fig.update_yaxes(autorange="reversed")
     return _style(fig, "Acceptance of each verifier", int(160 + 40 * len(names)))
 
@@ -330,7 +330,7 @@ def alpha_topk(ks, curves: dict, V: int, title: str = "α* against the draft's t
         fig.add_scatter(x=list(ks), y=list(alphas), mode="lines+markers", name=f"n = {n}",
                         line=dict(color=colour, width=3),
                         hovertemplate=f"n = {n}, k = %{{x}}: α* = %{{y:.5f}}<extra></extra>")
-    fig.update_xaxes(title=f"draft top-k (k = {V} is the whole vocabulary)", type="log")
+    fig.update_xaxes(title=f"draft top-k (k = {V}: all)", type="log")  # a longer title was cut in half a page
     fig.update_yaxes(title="α*", rangemode="tozero")
     return _style(fig, title, 340)
 

@@ -28,7 +28,11 @@ with segs:
                       "tokens": [", ".join(problem.label(int(t)) for t in g) for g in segments],
                       "mass M_l": masses,
                       "targets t(v)": [", ".join(f"{targets[int(t)]:.4f}" for t in g) for g in segments]},
-                     hide_index=True, width="stretch")
+                     hide_index=True, width="stretch", column_config={  # pixels, scaled to the width
+                         "segment": st.column_config.TextColumn(width=60),
+                         "tokens": st.column_config.TextColumn(width=90),
+                         "mass M_l": st.column_config.NumberColumn(width=80),
+                         "targets t(v)": st.column_config.TextColumn(width=110)})
         st.latex(r"M_l = Q(H_{r_l}^n) - Q(H_{r_{l+1}}^n)")  # two lines: one was cut off in this column
         st.latex(r"\rho(v) \propto p(v) - t(v)")
         st.caption("A segment receives the draft mass of tuples whose most under-drafted outer draft lies in "
