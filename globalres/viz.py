@@ -1,8 +1,8 @@
 """Plotly figures for the app: every builder takes library objects and returns a `go.Figure`.
 
-Notation: p target, q draft, n drafts, V tokens, ψ(H) = p(H) − q(H)ⁿ, H* the smallest minimiser of ψ,
-α* = 1 + ψ(H*). Colours are the Okabe–Ito palette (distinguishable with the common colour-vision
-deficiencies); heatmaps use Viridis. Fonts are sized for a projector.
+Notation: p target, q draft, n drafts, V tokens, ψ(H) = p(H) − Q(Hⁿ) (the chance that all n drafts lie in H:
+q(H)ⁿ for i.i.d. drafts), H* the smallest minimiser of ψ, α* = 1 + ψ(H*). Colours are the Okabe–Ito palette
+(distinguishable with the common colour-vision deficiencies); heatmaps use Viridis. Fonts are sized for a projector.
 """
 
 from __future__ import annotations

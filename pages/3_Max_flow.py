@@ -19,7 +19,7 @@ main, side = st.columns([3, 1], gap="large")
 with side:
     st.subheader("Subset selection")
     st.metric("α* = 1 + min_H ψ(H)", f"{a:.6f}")
-    st.markdown("H* (sorted scan) = {" + ", ".join(problem.label(i) for i in H_scan) + "}")
+    st.markdown("H* (sorted scan) = " + ui.set_text(problem, H_scan))
     if out.ok:
         plan = out.plan
         st.metric("max-flow value", f"{plan.info['flow_value']:.6f}",
@@ -27,7 +27,7 @@ with side:
         st.metric("min-cut value", f"{plan.info['cut_value']:.6f}")
         st.metric("solve time", ui.ms(out.seconds))
         same = sorted(plan.h_star.tolist()) == sorted(H_scan)
-        cut = "{" + ", ".join(problem.label(i) for i in sorted(plan.h_star.tolist())) + "}"
+        cut = ui.set_text(problem, sorted(plan.h_star.tolist()))
         (st.success if same else st.warning)(f"min cut's token side = {cut}" + (" = H*" if same else
                                                                                   " ≠ H* (a tie)"))
     sliced = ui.solve(problem, "opt_maxflow")

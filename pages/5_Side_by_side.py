@@ -58,5 +58,5 @@ for col, (name, out) in zip(cols, views.items()):
             fig = _psi_chain()
         fig.update_layout(height=min(fig.layout.height or 420, 560), showlegend=False)
         ui.chart(fig, f"side_{out.method}", f"sbs.{out.method}")
-st.caption(f"H* = {{{', '.join(problem.label(i) for i in ui.hstar(problem.key()))}}} · "
+st.caption(f"H* = {ui.set_text(problem, ui.hstar(problem.key()))} · "
            f"α* − 1 = ψ(H*) = {a - 1:.6f} · solve times are the first (uncached) solve.")
