@@ -12,6 +12,7 @@ state exactly on any page (floats are written with `repr`, which round-trips).
 from __future__ import annotations
 
 import importlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,12 @@ MAX_V_UPLOAD = 512
 MAX_K_REAL = 100  # draft top-k on the real-model page; the problem keeps these tokens plus one "other"
 ICON = Path(__file__).resolve().parent / "assets" / "favicon.png"  # a local file: material icons are fetched
 MAX_FLOW_EDGES = 30_000  # networkx's max-flow: ~2 s at 2·10⁴ token-to-multiset edges, 40 s at 1.2·10⁵
-# the library's advice names its API; in the app the same advice is a page
-APP_ADVICE = {"for other draft laws": "In this app, the OTLP and Max-flow pages take every draft law."}
+# the library's advice names its API (a regular expression for it -> the app's words for the same advice)
+APP_ADVICE = {
+    r"Use method='lp'(?: or 'maxflow')? for other draft laws\.": "In this app, the OTLP and Max-flow pages take every "
+                                                                  "draft law.",
+    r"Use problem\.with_\(n=(\d+)\), or a multi-draft verifier\.": r"Set n = \1 in the sidebar to run it.",
+    r"Use problem\.with_\(law='(\w+)'\)\.": r"Choose the draft law \1 in the sidebar to run it."}
 VERIFIERS = ("sps", "nss", "naive", "kseq", "rrs", "rrs_wor", "spechub", "greedy", "khisti_is")
 
 # name -> default value: every entry of the shared state, page-specific ones included.
@@ -399,8 +404,10 @@ def _solve(key: tuple, method: str, options: tuple) -> Outcome:
 
 
 def advised(note: str) -> str:
-    """A library message with the app's version of its advice appended (`APP_ADVICE`)."""
-    return " ".join([note] + [advice for key, advice in APP_ADVICE.items() if key in note])
+    """A library message with its advice, which names the Python API, in the app's terms (`APP_ADVICE`)."""
+    for pattern, advice in APP_ADVICE.items():
+        note = re.sub(pattern, advice, note)
+    return note
 
 
 def solve(problem: gr.Problem, method: str, **options) -> Outcome:

@@ -298,6 +298,17 @@ def test_verifiers_use_the_tau_chosen_on_convex_reduction():
     assert l1["1e-5"] < l1["1e-3"] / 10
 
 
+def test_verifiers_that_do_not_fit_say_what_to_change_in_the_app():
+    # at n = 2, iid: sps needs n = 1 and spechub the hub law; the library's advice names its Python API
+    # (problem.with_), the page says which sidebar control to change instead
+    at = run("pages/6_Verifiers.py")
+    assert_clean(at)
+    unsolved = next(m.value for m in at.markdown if m.value.startswith("Not solved for this problem"))
+    assert "with_(" not in unsolved
+    assert "**sps**" in unsolved and "Set n = 1 in the sidebar" in unsolved
+    assert "**spechub**" in unsolved and "Choose the draft law hub in the sidebar" in unsolved
+
+
 def test_otlp_backend_choice():
     at = run("pages/2_OTLP.py", {"be": "pot"})
     assert_clean(at)
