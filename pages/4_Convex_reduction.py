@@ -24,15 +24,17 @@ with segs:
         st.info("The outer segments and their targets are derived for i.i.d. drafts; switch the law to iid.")
     else:
         segments, masses, targets = outer_segments(problem)
-        st.dataframe({"segment": [f"G{l + 1}" for l in range(len(segments))],
+        # short headers (the formulas below name them): at 1280 px the column holds ~280 px, and "targets t(v)"
+        # was cut off
+        st.dataframe({"Gₗ": [f"G{l + 1}" for l in range(len(segments))],
                       "tokens": [", ".join(problem.label(int(t)) for t in g) for g in segments],
-                      "mass M_l": masses,
-                      "targets t(v)": [", ".join(f"{targets[int(t)]:.4f}" for t in g) for g in segments]},
+                      "Mₗ": masses,
+                      "t(v)": [", ".join(f"{targets[int(t)]:.4f}" for t in g) for g in segments]},
                      hide_index=True, width="stretch", column_config={  # pixels, scaled to the width
-                         "segment": st.column_config.TextColumn(width=60),
-                         "tokens": st.column_config.TextColumn(width=90),
-                         "mass M_l": st.column_config.NumberColumn(width=80),
-                         "targets t(v)": st.column_config.TextColumn(width=110)})
+                         "Gₗ": st.column_config.TextColumn(width=44),
+                         "tokens": st.column_config.TextColumn(width=80),
+                         "Mₗ": st.column_config.NumberColumn(width=70, format="%.4f"),
+                         "t(v)": st.column_config.TextColumn(width=80)})
         st.latex(r"M_l = Q(H_{r_l}^n) - Q(H_{r_{l+1}}^n)")  # two lines: one was cut off in this column
         st.latex(r"\rho(v) \propto p(v) - t(v)")
         st.caption("A segment receives the draft mass of tuples whose most under-drafted outer draft lies in "
