@@ -35,6 +35,9 @@ ICON = Path(__file__).resolve().parent / "assets" / "favicon.png"  # a local fil
 MAX_FLOW_EDGES = 30_000  # networkx's max-flow: ~2 s at 2·10⁴ token-to-multiset edges, 40 s at 1.2·10⁵
 # the library's advice names its API (a regular expression for it -> the app's words for the same advice)
 APP_ADVICE = {
+    r"Use method='exact' \(no size limit\), or group='set' for a smaller (?:LP|network)\.":
+        "It would take minutes. Lower n or V on the Distributions page, or see the exact solver's result, which "
+        "has no size limit, on the Convex reduction or Side by side page.",
     r"Use method='lp'(?: or 'maxflow')? for other draft laws\.": "In this app, the OTLP and Max-flow pages take every "
                                                                   "draft law.",
     r"Use problem\.with_\(n=(\d+)\), or a multi-draft verifier\.": r"Set n = \1 in the sidebar to run it.",
@@ -411,38 +414,15 @@ def advised(note: str) -> str:
 
 
 def solve(problem: gr.Problem, method: str, **options) -> Outcome:
-    """A cached solve keyed by the problem, method and options, with a spinner while it runs; refused past the
-    app's size limits (`size_note`: max-flow's MAX_FLOW_EDGES is smaller than the library's, as networkx takes
-    minutes past it)."""
+    """A cached solve keyed by the problem, method and options, with a spinner while it runs. Max-flow
+    gets the app's smaller size limit (MAX_FLOW_EDGES): past it networkx takes minutes."""
     if not available(method):
         return Outcome(method, note=f"The {method!r} method is not available in this installation yet.",
                        missing=True)
-    too_large = size_note(problem, method)
-    if too_large:
-        return Outcome(method, note=too_large)
+    if method in ("maxflow", "opt_maxflow"):
+        options.setdefault("max_variables", MAX_FLOW_EDGES)
     with st.spinner(f"Solving with {method}…"):
         return _solve(problem.key(), method, tuple(sorted(options.items())))
-
-
-def size_note(problem: gr.Problem, method: str) -> str:
-    """Why `method` is refused at this size, in the app's terms; "" if it is not. The library's own refusal
-    advises its API (method=, group=), and calls max-flow's token-to-multiset edges LP variables."""
-    from globalres.otlp import MAX_VARIABLES, group_count
-
-    if method not in ("lp", "relaxed_lp", "maxflow", "opt_maxflow"):
-        return ""
-    flow = method in ("maxflow", "opt_maxflow")
-    limit = MAX_FLOW_EDGES if flow else MAX_VARIABLES
-    groups = group_count(problem, "multiset")
-    if groups * problem.V <= limit:
-        return ""
-    what = (f"The max-flow network for V = {problem.V}, n = {problem.n} has {groups:.3g} draft multisets × "
-            f"{problem.V} tokens = {groups * problem.V:.3g} token-to-multiset edges, past max-flow's limit of "
-            f"{limit:.3g} in this app" if flow else
-            f"The OTLP for V = {problem.V}, n = {problem.n} has {groups:.3g} draft multisets × {problem.V} tokens = "
-            f"{groups * problem.V:.3g} variables, past the exact LP's limit of {limit:.3g}")
-    return (f"{what} (it would take minutes). Lower n or V on the Distributions page, or see the exact solver's "
-            f"result, which has no size limit, on the Convex reduction or Side by side page.")
 
 
 def show_outcome(out: Outcome) -> bool:

@@ -58,17 +58,20 @@ def group_count(problem: Problem, group: str = "multiset") -> int:
 def check_size(problem: Problem, group: str = "multiset", max_variables: int = MAX_VARIABLES,
                name: str = "the exact LP") -> int:
     """Raise InputError if the OTLP is past `max_variables`; return its variable count (`name`: the solver
-    whose limit it is, for the message; max-flow's network has one edge per OTLP variable)."""
+    whose limit it is, for the message; max-flow's network has one token-to-group edge per OTLP variable, and
+    its message counts those)."""
     if group not in GROUPS:
         raise InputError(f"group must be one of {', '.join(GROUPS)}; got {group!r}.")
     N = group_count(problem, group)
     size = N * problem.V
     if size > max_variables:
-        raise InputError(
-            f"The OTLP for V = {problem.V}, n = {problem.n} has {N:.3g} draft {group}s × {problem.V} tokens "
-            f"= {size:.3g} variables, past {name}'s limit of {max_variables:.3g}. "
-            f"Use method='exact' (no size limit), or group='set' for a smaller LP."
-        )
+        flow = name == "max-flow"
+        what = (f"The max-flow network for V = {problem.V}, n = {problem.n} has {N:.3g} draft {group}s × "
+                f"{problem.V} tokens = {size:.3g} token-to-{group} edges" if flow else
+                f"The OTLP for V = {problem.V}, n = {problem.n} has {N:.3g} draft {group}s × {problem.V} tokens "
+                f"= {size:.3g} variables")
+        raise InputError(f"{what}, past {name}'s limit of {max_variables:.3g}. Use method='exact' (no size "
+                         f"limit), or group='set' for a smaller {'network' if flow else 'LP'}.")
     return size
 
 

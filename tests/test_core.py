@@ -181,6 +181,9 @@ def test_lp_refuses_past_its_size_limit_and_suggests_exact():
     pb = gr.Problem.random(40, 6, seed=0)
     with pytest.raises(gr.InputError, match=r"variables.*method='exact'"):
         gr.solve(pb, "lp")
+    # max-flow is checked against the same count, but its network has edges, not LP variables
+    with pytest.raises(gr.InputError, match=r"max-flow network .* token-to-multiset edges, past max-flow's limit"):
+        gr.solve(pb, "maxflow")
 
 
 def test_a_non_optimal_lp_status_is_a_failure_never_a_result(monkeypatch):
