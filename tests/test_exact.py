@@ -62,6 +62,26 @@ def test_int_power_is_pow_to_n_roundings(n):
     assert exact.int_power(x, 1) is not x
 
 
+def _ratio_cases():
+    rng = np.random.default_rng(3)
+    one = 1.0 + rng.integers(0, 300, 5000) * 2.0**-52  # ulp-level near-ties, as in real pairs
+    yield "distinct", rng.random(1000)
+    yield "ties", np.repeat(rng.random(10), 100)[rng.permutation(1000)]
+    yield "ulp near-ties", one
+    yield "ties and near-ties", np.concatenate([one, one[::-1], np.repeat(0.5, 300)])
+    yield "inf, 0 and subnormals", np.concatenate([rng.random(200), [np.inf] * 50, [0.0] * 30, [5e-324, 1e-310] * 20])
+    yield "wide range", np.exp(rng.normal(0, 100, 20_000))
+    yield "few", np.array([1.0, np.inf, 0.0, np.inf, 1.0])
+    yield "one", np.array([3.0])
+
+
+@pytest.mark.parametrize("name, ratio", list(_ratio_cases()), ids=lambda x: x if isinstance(x, str) else "")
+def test_ratio_order_is_ratio_decreasing_with_ties_by_position(name, ratio):
+    # layout's order (integer sorts of the float bits, a second pass for near-ties) against lexsort
+    expected = np.lexsort((np.arange(ratio.size), -ratio))
+    np.testing.assert_array_equal(exact.ratio_order(ratio), expected)
+
+
 @pytest.mark.parametrize("c0", [0, 1])
 @pytest.mark.parametrize("h", [0.25, 0.5, 0.75, 1.0, 1.25])
 def test_quadrature_bound_covers_the_error(h, c0):
