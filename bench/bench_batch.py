@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import cpu  # noqa: E402
 from pairs import pairs  # noqa: E402
 
+from globalres import exact  # noqa: E402
 from globalres.exact import sample_batch, solve_batch  # noqa: E402
 
 TARGET = 10_000  # contexts per second (issue 3, on a GPU)
@@ -170,9 +171,9 @@ def table(rows):
     return "\n".join(lines)
 
 
-def machine(devices):
+def machine(devices, kept):
     text = f"{cpu()}, {torch.get_num_threads()} torch CPU thread(s), " \
-           f"torch {torch.__version__}"
+           f"torch {torch.__version__}, freed memory {'kept' if kept else 'returned to the OS'}"
     for device in devices:
         if device.startswith("cuda"):
             text += f", {device}: {torch.cuda.get_device_name(device)}"
@@ -195,14 +196,17 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pairs and the draft tuples")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_batch.json")
+    parser.add_argument("--free-memory", action="store_true",
+                        help="let malloc return freed memory to the OS (default: keep it, exact.keep_freed_memory)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    args.kept = not args.free_memory and exact.keep_freed_memory()
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     batches = {d: args.batch or (BATCH_CPU if d == "cpu" else BATCH_CUDA) for d in devices}
     dtypes = ["float64"] + (["float32"] if args.float32 else [])
     rows = run(devices, dtypes, batches, args)
     verdict = verdicts(rows, devices, args)
-    about = machine(devices)
+    about = machine(devices, args.kept)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(dict(machine=about, V=args.V, k=args.k, n=args.n, repeats=args.repeats,
                                         distinct_pairs=DISTINCT, max_seconds=args.max_seconds, tol32=args.tol32,

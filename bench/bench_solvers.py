@@ -379,10 +379,13 @@ def main():
     parser.add_argument("--point", action="append", default=None, metavar="K,N,V",
                         help="run only this grid point (repeatable), e.g. --point 100,2,32000")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_solvers.json")
+    parser.add_argument("--free-memory", action="store_true",
+                        help="let malloc return freed memory to the OS (default: keep it, exact.keep_freed_memory)")
     args = parser.parse_args()
     global ONLY
     ONLY = args.only
     torch.set_num_threads(args.threads)
+    kept = not args.free_memory and exact.keep_freed_memory()
     count = args.pairs or (2 if args.quick else PAIRS)
     results, real, skip_after = {}, {}, {}
     grid = [tuple(int(x) for x in point.split(",")) for point in args.point] if args.point else GRID
@@ -391,7 +394,8 @@ def main():
         results[point], real[point] = run_point(k, n, V, count, skip_after, args.draws)
         print(f"done (k={k}, n={n}, V={V})", file=sys.stderr, flush=True)
     machine = f"{cpu()}, {torch.get_num_threads()} torch thread(s), " \
-              f"torch {torch.__version__}, numpy {np.__version__}"
+              f"torch {torch.__version__}, numpy {np.__version__}, " \
+              f"freed memory {'kept (exact.keep_freed_memory)' if kept else 'returned to the OS'}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(dict(machine=machine, pairs=count, real_pairs=real, budget_s=MINUTE,
                                         chi2_draws=args.draws, results=results), indent=1))

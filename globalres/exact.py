@@ -104,6 +104,23 @@ def one_blas_thread():
             setter(previous)
 
 
+# A token at k = V allocates and frees ~100 arrays of 0.1–5 MB. glibc's malloc returns freed memory at the
+# top of its heap (and mapped chunks) to the OS, so the next array takes fresh pages: ~1000 page faults a
+# token, measured at 3–5 µs each on a VM (k = V, synthetic pairs: 13–17 ms a token, 9.6–12.6 ms with freed
+# memory kept). A process that solves many tokens can keep it; this is process-wide, so it is opt-in.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(trim_mb: int = 256, mmap_mb: int = 32) -> bool:
+    """Ask glibc's malloc to keep up to `trim_mb` MB of freed heap for reuse and to serve arrays below
+    `mmap_mb` MB from the heap (`mallopt`; process-wide). False where there is no glibc (nothing done)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_TRIM_THRESHOLD, trim_mb << 20)) and bool(mallopt(M_MMAP_THRESHOLD, mmap_mb << 20))
+
+
 # ---------------------------------------------------------------------------------- quadrature
 @dataclass(frozen=True)
 class System:
@@ -157,31 +174,41 @@ def grid(w: np.ndarray, n: int, c0: int, h: float) -> tuple[int, int]:
     return lo, max(math.ceil(math.log(t_hi) / h), lo + 1)
 
 
-# numpy's float64 exp is vectorised only with AVX-512; on AVX2 it is scalar libm, 6–16 ns an entry
-# against 2.2 ns for torch's (Sleef) kernel, which costs ~7 µs more per call. So large arrays go
-# through torch, in pieces below at::internal::GRAIN_SIZE (32768 entries), which torch runs on the
-# calling thread: no OpenMP pool, whose spinning threads cost more than they give on a busy small CPU.
-TORCH_EXP = 4096  # entries from which `exp_` calls torch
+# numpy's float64 exp, log and log1p are vectorised only with AVX-512; on AVX2 they are scalar libm,
+# 6–16 ns an entry against 2–4 ns for torch's (Sleef) kernels, which cost ~7 µs more per call. So large
+# arrays go through torch, in pieces below at::internal::GRAIN_SIZE (32768 entries), which torch runs on
+# the calling thread: no OpenMP pool, whose spinning threads cost more than they give on a busy small CPU.
+TORCH_UFUNC = 4096  # entries from which `inplace` calls torch
 GRAIN = 32768
 
 
 @functools.lru_cache(maxsize=1)
-def _torch_exp():
+def _torch_or_none():
     try:
-        return _torch().exp
+        return _torch()
     except ImportError:  # torch is optional for the numpy path
         return None
 
 
-def exp_(x: np.ndarray) -> np.ndarray:
-    """x ← e^x in place (x C-contiguous float64), through torch when x is large (notes above)."""
-    exp = _torch_exp() if x.size >= TORCH_EXP else None
-    if exp is None:
-        return np.exp(x, out=x)
-    flat = _torch().from_numpy(x.reshape(-1))
-    for piece in flat.split(GRAIN):
-        exp(piece, out=piece)
+def inplace(name: str, x: np.ndarray) -> np.ndarray:
+    """x ← f(x) in place for f = np.`name` (exp, log or log1p; x float64), through torch when x is large
+    and contiguous (notes above)."""
+    torch = _torch_or_none() if x.size >= TORCH_UFUNC and x.flags.c_contiguous else None
+    if torch is None:
+        return getattr(np, name)(x, out=x)
+    for piece in torch.from_numpy(x.reshape(-1)).split(GRAIN):
+        getattr(piece, name + "_")()
     return x
+
+
+def exp_(x: np.ndarray) -> np.ndarray:
+    """x ← e^x in place (`inplace`)."""
+    return inplace("exp", x)
+
+
+def logit(r: np.ndarray) -> np.ndarray:
+    """log r − log(1 − r) (`inplace`)."""
+    return inplace("log", r.copy()) - inplace("log1p", -r)
 
 
 def exponentials(w: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -338,7 +365,7 @@ def evaluate(system: System, b, lo: int, hi: int, h: float, w=None):
     integrand is t (n Q^{n−1} m − (1 − c0)(Qⁿ − cⁿ)) + O(t²) left of the grid.
     """
     if w is None:
-        w = np.exp(b)
+        w = exp_(b.copy())
     t = nodes(lo, hi, h)
     dt = node_table(lo, hi, h, system.c0)[0]
     E = exponentials(w, t)
@@ -368,7 +395,7 @@ def objective(system: System, b, phi, m: float, lo: int, hi: int, h: float) -> f
 
 def evaluate_at(system: System, b, h: float):
     """`evaluate` on the nodes `grid` gives for weights e^b."""
-    w = np.exp(b)
+    w = exp_(b.copy())
     return evaluate(system, b, *grid(w, system.n, system.c0, h), h, w)
 
 
@@ -539,8 +566,7 @@ def inner_start(q, p, Q, n):
     """Start of the inner fit: w = r/(1 − r), r = p/(n q Q^{n−1}), exact for n = 1 (w = p/(q − p))."""
     with np.errstate(divide="ignore", over="ignore"):
         r = p / (n * q * Q ** (n - 1))
-    r = np.clip(r, 1e-300, 1.0 - 1e-12)
-    return np.log(r) - np.log1p(-r)
+    return logit(np.clip(r, 1e-300, 1.0 - 1e-12))
 
 
 # ------------------------------------------------------------------ n = 2, small inner systems: no quadrature
@@ -649,11 +675,14 @@ def gauss_bins(y, q, width: float = BIN):
     z = y - np.repeat(centre, counts)
     spread = np.sqrt(np.add.reduceat(q * z * z, starts) / mass)
     z /= np.repeat(np.where(spread > 0, spread, 1.0), counts)
-    powers = np.empty((4, y.size))
-    np.multiply(q * z, z * z, out=powers[0])
-    for j in (1, 2, 3):
-        np.multiply(powers[j - 1], z, out=powers[j])
-    s3, s4, s5, s6 = np.add.reduceat(powers, starts, axis=1) / mass  # E[z^j], with E[z] = 0, E[z²] = 1
+    # E[z^j], j = 3..6 (E[z] = 0, E[z²] = 1), one power at a time: a (4, G) array of powers is 1.5 MB at
+    # k = V, which malloc maps afresh each call (250 page faults, ~0.5 ms on a VM)
+    power, moments = q * z, np.empty((4, starts.size))
+    power *= z
+    for j in range(4):
+        power *= z
+        np.add.reduceat(power, starts, out=moments[j])
+    s3, s4, s5, s6 = moments / mass
     norm2 = s4 - s3 * s3 - 1.0  # ‖p2‖² = β2
     rich = (counts > 3) & (spread > 0) & (norm2 > 1e-9)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -757,7 +786,7 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
     # (p/q itself breaks ties by an ulp, and sorting 30k nearly sorted y cost 0.26 ms at k = V)
     with np.errstate(divide="ignore"):
         r = np.clip((1.0 / (system.q / system.target) - bottom) / (top - bottom), 1e-300, 1.0 - 1e-15)
-    y = np.log(r) - np.log1p(-r)
+    y = logit(r)
     Y, W = gauss_bins(y, system.q, width)
     if 2 * Y.size > G:
         return None
@@ -846,7 +875,7 @@ def moment_certificate(system: System, b, *, h: float, tol: float, delta: float 
     bins (J) for φ; over nodes (K), T (M) and Horner (2M) for S. The quadrature bound (strip, tails, K-term
     sums of the final acc) is added as for `evaluate`."""
     n, c0, q = system.n, system.c0, system.q
-    w = np.exp(b)
+    w = exp_(b.copy())
     lo, hi = grid(w, n, c0, h)
     t = nodes(lo, hi, h)
     dt = node_table(lo, hi, h, c0)[0]
@@ -861,29 +890,32 @@ def moment_certificate(system: System, b, *, h: float, tol: float, delta: float 
     J = starts.size
     beta = (cell[starts] + 0.5) * delta
     d = b - np.repeat(beta, counts)
-    powers = np.empty((M, b.size))
-    powers[0] = q
-    for i in range(1, M):
-        np.multiply(powers[i - 1], d, out=powers[i])
     # μ_{j,i} = Σ_{v∈j} q_v d_vⁱ (M, J), summed in chunks of ≤ MOMENT_CHUNK tokens, then over a bin's chunks:
-    # a bin of thousands of tokens rounds like a sum of ~100 terms, not of thousands (n = 64 needs that)
+    # a bin of thousands of tokens rounds like a sum of ~100 terms, not of thousands (n = 64 needs that);
+    # one power at a time (an (M, G) array is 4.7 MB at k = V: fresh pages from malloc each call)
     chunks = np.union1d(starts, np.arange(0, b.size, MOMENT_CHUNK))
     first = np.searchsorted(chunks, starts)
-    mu = np.add.reduceat(np.add.reduceat(powers, chunks, axis=1), first, axis=1)
+    power, partial = q.copy(), np.empty((M, chunks.size))
+    for i in range(M):
+        if i:
+            power *= d
+        np.add.reduceat(power, chunks, out=partial[i])
+    mu = np.add.reduceat(partial, first, axis=1)
     height = MOMENT_CHUNK + np.diff(np.append(first, chunks.size))  # additions in a chain, per bin
     qw = q * w
     qw_bin = np.add.reduceat(qw, starts)
     u = np.exp(beta)[:, None] * t  # (J, K)
     uc = np.minimum(u, U_CAP)
     X = np.empty((M, J, K))  # e^{−u} (−u)^m
-    X[0] = np.exp(-uc)
+    np.negative(uc, out=X[0])
+    exp_(X[0])
     for m in range(1, M):
         np.multiply(X[m - 1], -uc, out=X[m])
     T = taylor_table(M)
     phi = np.einsum("mj,mjk->jk", T.T @ mu, X).sum(0) + system.c  # per bin (M terms), then over bins (J)
     r = delta / (2 * rho)
-    A = np.exp(-u * (math.exp(-rho) * math.cos(rho)))
-    gamma = np.exp(-u * (2.0 - math.exp(delta / 2)))
+    A = exp_(u * -(math.exp(-rho) * math.cos(rho)))
+    gamma = exp_(u * -(2.0 - math.exp(delta / 2)))
     # a capped u (e^β t > 700) has f ≤ exp(−700 e^{−δ/2}) < 1e-267 at every token of its bin, true and computed
     capped = np.where(u > U_CAP, 2 * math.exp(-U_CAP * math.exp(-delta / 2)), 0.0)
     Delta = mu[0] @ (A * (r**M / (1 - r)) + capped) + (eps * (height + J + 4 * M + 10) * mu[0]) @ gamma
@@ -900,7 +932,7 @@ def moment_certificate(system: System, b, *, h: float, tol: float, delta: float 
     acc = (n * S + (a_ - b_ * w)) * qw
     if order is not None:
         acc[order] = acc.copy()
-    psi = qw_bin @ np.exp(-np.minimum(np.exp(beta - delta / 2)[:, None] * t, U_CAP))
+    psi = qw_bin @ exp_(-np.minimum(np.exp(beta - delta / 2)[:, None] * t, U_CAP))
     kernel_error = dt * (n - 1) * phi_hi ** max(n - 2, 0) * Delta if n >= 2 else np.zeros(K)
     per_bin = (A * (r**M / (1 - r)) + capped + eps * (K + 4 * M + 10) * gamma) @ kernel
     compression = n * float(kernel_error @ psi) + n * float(qw_bin @ per_bin)

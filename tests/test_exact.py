@@ -830,3 +830,13 @@ def test_batched_phi_sums_run_in_chunks_so_wide_rows_certify():
     p, q = _zipf_top_k(20000, 12000, seed=4)
     r = solve_batch(torch.tensor(p)[None], torch.tensor(q)[None], 64)
     assert bool(r.success[0]) and float(r.certified_l1[0]) <= 1e-11
+
+
+def test_keep_freed_memory_is_an_opt_in_malloc_setting():
+    # glibc's mallopt accepts both settings (True); elsewhere it does nothing and says so (False)
+    import platform
+
+    kept = exact.keep_freed_memory()
+    assert kept is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    plan = gr.solve(gr.Problem([0.5, 0.3, 0.2], [0.2, 0.3, 0.5], n=2), method="exact")
+    assert plan.success
