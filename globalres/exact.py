@@ -371,8 +371,17 @@ def evaluate(system: System, b, lo: int, hi: int, h: float, w=None):
     E = exponentials(w, t)
     out = integrals(system, w, E, t, h, dt)
     g = out["acc"] - system.target
-    return dict(out, F=objective(system, b, out["phi"], out["m"], lo, hi, h), E=E, t=t, w=w, g=g,
+    return dict(out, objective=functools.partial(objective, system, b, out["phi"], out["m"], lo, hi, h), E=E, t=t,
+                w=w, g=g,
                 gnorm=float(np.abs(g).sum()))
+
+
+def value(here: dict) -> float:
+    """F at an evaluation, computed on first use: a pseudo-system fit needs it only where a line-search
+    trial fails to shrink ‖∇F‖₁ (a dozen numpy calls saved per evaluation)."""
+    if "F" not in here:
+        here["F"] = here["objective"]()
+    return here["F"]
 
 
 def objective(system: System, b, phi, m: float, lo: int, hi: int, h: float) -> float:
@@ -469,7 +478,8 @@ def newton_direction(g, d, E, qw, C, gamma=0.0) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ one system
-def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None, sparse: int = 1):
+def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None, sparse: int = 1,
+           record: bool = True):
     """Minimise the step-h quadrature of F(b) by damped Newton from b0: b, F and ‖∇F‖₁ per iteration.
 
     pin : index of a log-weight held fixed (segments: F is invariant to a common shift of a).
@@ -477,6 +487,7 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
         the Gram cost at 2) until a step cuts ‖∇F‖₁ less than tenfold or fails, then from every node.
     An accepted line-search trial's evaluation is the next iterate's: one pass of exponentials per
     Newton step when full steps are taken.
+    record : F per iteration is returned (else [], and F is computed only where the line search needs it).
     Returns b, the objective and gradient norm per iteration, and the evaluation at b.
     """
     b = np.minimum(np.maximum(np.asarray(b0, dtype=np.float64), -700.0), 700.0)
@@ -486,7 +497,7 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
         return evaluate_at(system, x, h)
 
     here = at(b)
-    objective, gradient_norm = [here["F"]], []
+    objective, gradient_norm = [value(here)] if record else [], []
     while len(gradient_norm) < max_iter:
         g, gnorm = here["g"], here["gnorm"]
         gradient_norm.append(gnorm)
@@ -508,7 +519,8 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
             gradient_norm.pop()
             continue
         b, here = there
-        objective.append(here["F"])
+        if record:
+            objective.append(value(here))
     return b, objective[: len(gradient_norm)], gradient_norm, here
 
 
@@ -525,7 +537,7 @@ def line_search(at, b, step, here):
         trial = b + size * step
         np.minimum(np.maximum(trial, -700.0, out=trial), 700.0, out=trial)
         there = at(trial)
-        if there["gnorm"] < gnorm or there["F"] <= here["F"] + 1e-4 * size * slope:
+        if there["gnorm"] < gnorm or value(there) <= value(here) + 1e-4 * size * slope:
             return trial, there
         size /= 2
     return None
@@ -536,7 +548,7 @@ ROUGH = 1e-6  # ‖∇F‖₁ the step-2h phase of `fit_system` stops at: about 
 EXACT_HESSIAN = 32  # systems of at most this many tokens take the step-h Hessian at once: its cost is per call
 
 
-def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None, warm=False):
+def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None, warm=False, record=True):
     """Fit one system: Newton at step 2h to ROUGH, then at step h to tol, certified at h.
 
     The 2h rule has half the nodes (a quarter of the Newton system's cost) and errs by ~1e-7
@@ -547,18 +559,20 @@ def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None,
 
     Returns a dict: b, acc (at step h), l1 = ‖acc − target‖₁, quadrature (a bound on ‖acc − exact‖₁),
     objective and gradient_norm per iteration (both phases), nodes, converged, evaluation (the last
-    `evaluate` result).
+    `evaluate` result). record=False (a pseudo-system fit, whose b, convergence and evaluation are all
+    its caller uses): no objective per iteration and quadrature None.
     """
     with one_blas_thread():
         objective, gradient_norm, b = [], [], b0
         if not warm and system.q.size > SMALL:
             b, objective, gradient_norm, _ = newton(system, b0, h=2 * h, tol=max(tol, ROUGH), max_iter=max_iter,
-                                                    pin=pin, sparse=2)
+                                                    pin=pin, sparse=2, record=record)
         b, more_objective, more_gradient, here = newton(system, b, h=h, tol=tol, max_iter=max_iter, pin=pin,
-                                                        sparse=1 if system.q.size <= EXACT_HESSIAN else 2)
+                                                        sparse=1 if system.q.size <= EXACT_HESSIAN else 2,
+                                                        record=record)
     acc, t = here["acc"], here["t"]
-    return dict(b=b, acc=acc, l1=here["gnorm"], quadrature=quadrature_bound(system, acc, here["w"], t, h),
-                objective=objective + more_objective, gradient_norm=gradient_norm + more_gradient,
+    quadrature = quadrature_bound(system, acc, here["w"], t, h) if record else None
+    return dict(b=b, acc=acc, l1=here["gnorm"], quadrature=quadrature, objective=objective + more_objective, gradient_norm=gradient_norm + more_gradient,
                 nodes=t.size, converged=more_gradient[-1] <= tol, evaluation=here)
 
 
@@ -802,7 +816,7 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
             np.log(small.target / small.q)
     if pin is not None:
         b0 = b0 - b0[pin]
-    fit = fit_system(small, b0, h=h, tol=tol, max_iter=40, pin=pin, warm=warm)
+    fit = fit_system(small, b0, h=h, tol=tol, max_iter=40, pin=pin, warm=warm, record=False)
     if not (fit["converged"] and np.isfinite(fit["b"]).all()):
         return None
     here = fit["evaluation"]
