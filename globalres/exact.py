@@ -176,10 +176,10 @@ def grid(w: np.ndarray, n: int, c0: int, h: float) -> tuple[int, int]:
 
 # numpy's float64 exp, log and log1p are vectorised only with AVX-512; on AVX2 they are scalar libm,
 # 6–16 ns an entry against 2–4 ns for torch's (Sleef) kernels, which cost ~7 µs more per call. So large
-# arrays go through torch, in pieces below at::internal::GRAIN_SIZE (32768 entries), which torch runs on
+# arrays go through torch, in pieces below at::internal::GRAIN_SIZE (32768 entries: one of 32768 is split), which torch runs on
 # the calling thread: no OpenMP pool, whose spinning threads cost more than they give on a busy small CPU.
 TORCH_UFUNC = 4096  # entries from which `inplace` calls torch
-GRAIN = 32768
+GRAIN = 16384  # entries per torch call: below the grain, so always on the calling thread
 
 
 @functools.lru_cache(maxsize=1)
