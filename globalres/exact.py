@@ -175,11 +175,13 @@ def grid(w: np.ndarray, n: int, c0: int, h: float) -> tuple[int, int]:
 
 
 # numpy's float64 exp, log and log1p are vectorised only with AVX-512; on AVX2 they are scalar libm,
-# 6–16 ns an entry against 2–4 ns for torch's (Sleef) kernels, which cost ~7 µs more per call. So large
-# arrays go through torch, in pieces below at::internal::GRAIN_SIZE (32768 entries: one of 32768 is split), which torch runs on
-# the calling thread: no OpenMP pool, whose spinning threads cost more than they give on a busy small CPU.
-TORCH_UFUNC = 4096  # entries from which `inplace` calls torch
-GRAIN = 16384  # entries per torch call: below the grain, so always on the calling thread
+# 6–16 ns an entry against 2–4 ns for torch's (Sleef) kernels in a microbenchmark. Inside the solver torch
+# paid only from ~32k entries (A/B in one process: below that numpy was as fast, or 1.2× faster at k = 100;
+# above, torch 1.04–1.1× faster per k = 1000 token), so arrays that large go through torch, in pieces below
+# at::internal::GRAIN_SIZE (32768 entries; a piece of exactly that is not below it), which torch runs on the
+# calling thread: no OpenMP pool, whose spinning threads cost more than they give on a busy small CPU.
+TORCH_UFUNC = 32768  # entries from which `inplace` calls torch
+GRAIN = 16384  # entries per torch call
 
 
 @functools.lru_cache(maxsize=1)
@@ -572,8 +574,9 @@ def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None,
                                                         record=record)
     acc, t = here["acc"], here["t"]
     quadrature = quadrature_bound(system, acc, here["w"], t, h) if record else None
-    return dict(b=b, acc=acc, l1=here["gnorm"], quadrature=quadrature, objective=objective + more_objective, gradient_norm=gradient_norm + more_gradient,
-                nodes=t.size, converged=more_gradient[-1] <= tol, evaluation=here)
+    return dict(b=b, acc=acc, l1=here["gnorm"], quadrature=quadrature, objective=objective + more_objective,
+                gradient_norm=gradient_norm + more_gradient, nodes=t.size, converged=more_gradient[-1] <= tol,
+                evaluation=here)
 
 
 def inner_start(q, p, Q, n):
