@@ -282,6 +282,13 @@ def navigation() -> None:
             return  # a page run on its own (AppTest) has no page registry to link into
 
 
+@st.cache_resource
+def keep_freed_memory() -> bool:
+    """Once per server process: the app is a long-lived solver process, so malloc keeps freed arrays for
+    reuse (the exact solver's k = V tokens otherwise refault ~1000 pages each; `gr.exact.keep_freed_memory`)."""
+    return gr.exact.keep_freed_memory()
+
+
 def page_setup(title: str, caption: str = "", *, stop_on_error: bool = True,
                inputs_here: bool = False) -> gr.Problem | None:
     """Sync the URL, draw the title and the shared sidebar, and return the current Problem.
@@ -291,6 +298,7 @@ def page_setup(title: str, caption: str = "", *, stop_on_error: bool = True,
     a page (Real model) does not use it.
     """
     st.set_page_config(page_title=f"{title} · globalres", page_icon=str(ICON), layout="wide")
+    keep_freed_memory()
     warnings = sync_url()
     with st.sidebar:
         navigation()

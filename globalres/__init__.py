@@ -63,5 +63,15 @@ def solve(problem: Problem, method: str = "exact", **options) -> Plan:
     return solver(problem, **options)
 
 
+MODULES = ("convex", "exact", "live", "logits", "maxflow", "otlp", "realdata", "subset", "verifiers", "viz")
+
+
+def __getattr__(name: str):
+    """`gr.exact`, `gr.viz`, …: submodules load on first use, so `import globalres` stays light."""
+    if name in MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["Audit", "InputError", "LAWS", "PRESETS", "Plan", "Problem", "SOLVERS", "SolverError",
            "alpha_star", "h_star", "preset", "solve"]

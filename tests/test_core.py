@@ -220,3 +220,18 @@ def test_conditional_rejects_bad_draft_tuples():
         plan.conditional([0])
     with pytest.raises(gr.InputError, match="0..2"):
         plan.conditional([0, 7])
+
+
+def test_import_is_light_and_submodules_load_on_first_use():
+    # `import globalres` loads neither torch nor the solvers; gr.exact, gr.viz, … load when first used
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "\n".join(["import sys, types, globalres as gr",
+                      "assert 'torch' not in sys.modules and 'globalres.exact' not in sys.modules",
+                      "assert callable(gr.exact.sample) and callable(gr.exact.keep_freed_memory)",
+                      "assert all(isinstance(getattr(gr, m), types.ModuleType) for m in gr.MODULES)"])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        gr.nope  # noqa: B018
