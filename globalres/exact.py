@@ -360,8 +360,9 @@ def rescale(system: System, b, h: float):
 
 
 def evaluate(system: System, b, lo: int, hi: int, h: float, w=None):
-    """acc(v), the gradient g = acc − target of F and its norm ‖g‖₁, and F at log-weights b on the
-    nodes t_k = e^{kh}, k = lo..hi, with E = e^{−t w}, t and φ for `hessian` (w = e^b when known).
+    """acc(v), the gradient g = acc − target of F and its norm ‖g‖₁, and F (on first use: `value`) at
+    log-weights b on the nodes t_k = e^{kh}, k = lo..hi, with E = e^{−t w}, t and φ for `hessian` (w = e^b
+    when known).
 
     F(b) = ∫ [A e^{−t} − e^{−c0 t}(φⁿ − (1 − c0) cⁿ)] dt/t − Σ target·b (module docstring); its
     integrand is t (n Q^{n−1} m − (1 − c0)(Qⁿ − cⁿ)) + O(t²) left of the grid.
@@ -373,9 +374,8 @@ def evaluate(system: System, b, lo: int, hi: int, h: float, w=None):
     E = exponentials(w, t)
     out = integrals(system, w, E, t, h, dt)
     g = out["acc"] - system.target
-    return dict(out, objective=functools.partial(objective, system, b, out["phi"], out["m"], lo, hi, h), E=E, t=t,
-                w=w, g=g,
-                gnorm=float(np.abs(g).sum()))
+    F = functools.partial(objective, system, b, out["phi"], out["m"], lo, hi, h)  # on demand: `value`
+    return dict(out, objective=F, E=E, t=t, w=w, g=g, gnorm=float(np.abs(g).sum()))
 
 
 def value(here: dict) -> float:
@@ -692,8 +692,7 @@ def gauss_bins(y, q, width: float = BIN):
     z = y - np.repeat(centre, counts)
     spread = np.sqrt(np.add.reduceat(q * z * z, starts) / mass)
     z /= np.repeat(np.where(spread > 0, spread, 1.0), counts)
-    # E[z^j], j = 3..6 (E[z] = 0, E[z²] = 1), one power at a time: a (4, G) array of powers is 1.5 MB at
-    # k = V, which malloc maps afresh each call (250 page faults, ~0.5 ms on a VM)
+    # E[z^j], j = 3..6 (E[z] = 0, E[z²] = 1), one power at a time (no (4, G) temporary: 1.5 MB at k = V)
     power, moments = q * z, np.empty((4, starts.size))
     power *= z
     for j in range(4):
@@ -909,7 +908,7 @@ def moment_certificate(system: System, b, *, h: float, tol: float, delta: float 
     d = b - np.repeat(beta, counts)
     # μ_{j,i} = Σ_{v∈j} q_v d_vⁱ (M, J), summed in chunks of ≤ MOMENT_CHUNK tokens, then over a bin's chunks:
     # a bin of thousands of tokens rounds like a sum of ~100 terms, not of thousands (n = 64 needs that);
-    # one power at a time (an (M, G) array is 4.7 MB at k = V: fresh pages from malloc each call)
+    # one power at a time (no (M, G) temporary: 4.7 MB at k = V)
     chunks = np.union1d(starts, np.arange(0, b.size, MOMENT_CHUNK))
     first = np.searchsorted(chunks, starts)
     power, partial = q.copy(), np.empty((M, chunks.size))
