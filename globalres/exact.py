@@ -692,13 +692,11 @@ def gauss_bins(y, q, width: float = BIN):
     z = y - np.repeat(centre, counts)
     spread = np.sqrt(np.add.reduceat(q * z * z, starts) / mass)
     z /= np.repeat(np.where(spread > 0, spread, 1.0), counts)
-    # E[z^j], j = 3..6 (E[z] = 0, E[z²] = 1), one power at a time (no (4, G) temporary: 1.5 MB at k = V)
-    power, moments = q * z, np.empty((4, starts.size))
-    power *= z
-    for j in range(4):
-        power *= z
-        np.add.reduceat(power, starts, out=moments[j])
-    s3, s4, s5, s6 = moments / mass
+    powers = np.empty((4, y.size))
+    np.multiply(q * z, z * z, out=powers[0])
+    for j in (1, 2, 3):
+        np.multiply(powers[j - 1], z, out=powers[j])
+    s3, s4, s5, s6 = np.add.reduceat(powers, starts, axis=1) / mass  # E[z^j], with E[z] = 0, E[z²] = 1
     norm2 = s4 - s3 * s3 - 1.0  # ‖p2‖² = β2
     rich = (counts > 3) & (spread > 0) & (norm2 > 1e-9)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -906,17 +904,15 @@ def moment_certificate(system: System, b, *, h: float, tol: float, delta: float 
     J = starts.size
     beta = (cell[starts] + 0.5) * delta
     d = b - np.repeat(beta, counts)
+    powers = np.empty((M, b.size))
+    powers[0] = q
+    for i in range(1, M):
+        np.multiply(powers[i - 1], d, out=powers[i])
     # μ_{j,i} = Σ_{v∈j} q_v d_vⁱ (M, J), summed in chunks of ≤ MOMENT_CHUNK tokens, then over a bin's chunks:
-    # a bin of thousands of tokens rounds like a sum of ~100 terms, not of thousands (n = 64 needs that);
-    # one power at a time (no (M, G) temporary: 4.7 MB at k = V)
+    # a bin of thousands of tokens rounds like a sum of ~100 terms, not of thousands (n = 64 needs that)
     chunks = np.union1d(starts, np.arange(0, b.size, MOMENT_CHUNK))
     first = np.searchsorted(chunks, starts)
-    power, partial = q.copy(), np.empty((M, chunks.size))
-    for i in range(M):
-        if i:
-            power *= d
-        np.add.reduceat(power, chunks, out=partial[i])
-    mu = np.add.reduceat(partial, first, axis=1)
+    mu = np.add.reduceat(np.add.reduceat(powers, chunks, axis=1), first, axis=1)
     height = MOMENT_CHUNK + np.diff(np.append(first, chunks.size))  # additions in a chain, per bin
     qw = q * w
     qw_bin = np.add.reduceat(qw, starts)
@@ -1075,8 +1071,8 @@ def ratio_order(ratio: np.ndarray) -> np.ndarray:
     their last B bits, which come in position order. Where that leaves a bucket out of order (real
     pairs: equal p/q computed from different logit pairs differ by ulps), pass 2 sorts (bucket, key's
     low B bits, position), which is (key, position) exactly."""
-    if ratio.size <= 64:  # few tokens: one call beats the passes' dozen
-        return np.argsort(-ratio, kind="stable")
+    if not 64 < ratio.size <= 2**21:  # few tokens: one call beats the passes' dozen; past 2^21 the
+        return np.argsort(-ratio, kind="stable")  # keys of pass 2 (buckets, 2B bits) may not fit 64 bits
     B = max(int(ratio.size - 1).bit_length(), 1)
     low, shift = np.uint64((1 << B) - 1), np.uint64(B)
     key = ~ratio.view(np.uint64)
@@ -1091,8 +1087,6 @@ def ratio_order(ratio: np.ndarray) -> np.ndarray:
     first >>= shift
     bucket = np.zeros(ratio.size, dtype=np.uint64)
     np.cumsum(first[1:] != first[:-1], out=bucket[1:])
-    if int(bucket[-1]).bit_length() + 2 * B > 64:  # (beyond k = 2^20 with over 2^24 buckets)
-        return np.lexsort((np.arange(ratio.size), key))
     bucket <<= np.uint64(2 * B)
     bucket |= (key[order] & low) << shift
     bucket |= order.view(np.uint64)
