@@ -176,11 +176,14 @@ def grid(w: np.ndarray, n: int, c0: int, h: float) -> tuple[int, int]:
 
 # numpy's float64 exp, log and log1p are vectorised only with AVX-512; on AVX2 they are scalar libm,
 # 6–16 ns an entry against 2–4 ns for torch's (Sleef) kernels in a microbenchmark. Inside the solver torch
-# paid only from ~32k entries (A/B in one process: below that numpy was as fast, or 1.2× faster at k = 100;
-# above, torch 1.04–1.1× faster per k = 1000 token), so arrays that large go through torch, in pieces below
-# at::internal::GRAIN_SIZE (32768 entries; a piece of exactly that is not below it), which torch runs on the
-# calling thread: no OpenMP pool, whose spinning threads cost more than they give on a busy small CPU.
-TORCH_UFUNC = 32768  # entries from which `inplace` calls torch
+# paid only from ~32k entries (A/B in one process on a 2-core EPYC: below that numpy was as fast, or 1.2×
+# faster at k = 100; above, torch 1.04–1.1× faster per k = 1000 token), so arrays that large go through
+# torch, in pieces below at::internal::GRAIN_SIZE (32768 entries; a piece of exactly that is not below it),
+# which torch runs on the calling thread: no OpenMP pool, whose spinning threads cost more than they give
+# on a busy small CPU. With AVX-512 the order flips (a 2-core Xeon: numpy's exp 0.5 ns an entry, torch's
+# 3.8; routing through torch made a k = 1000 token 1.1× slower), so each function is timed once on this
+# CPU (`torch_is_faster`) and torch is used only where it wins.
+TORCH_UFUNC = 32768  # entries from which `inplace` may call torch
 GRAIN = 16384  # entries per torch call
 
 
@@ -192,13 +195,41 @@ def _torch_or_none():
         return None
 
 
+@functools.lru_cache(maxsize=None)
+def torch_is_faster(name: str) -> bool:
+    """Whether torch's `name` (in GRAIN pieces) beats numpy's by 20% on TORCH_UFUNC float64 entries on
+    this CPU: the best of 5 timings each, once per process (~2 ms). Either is correct to 2 ulp."""
+    torch = _torch_or_none()
+    if torch is None:
+        return False
+    x = np.linspace(1e-3, 30.0, TORCH_UFUNC)
+    if name == "exp":
+        x = -x
+    y = np.empty_like(x)
+    src, dst = torch.from_numpy(x).split(GRAIN), torch.from_numpy(y).split(GRAIN)
+    kernel = getattr(torch, name)
+
+    def best(run):
+        times = []
+        for _ in range(6):  # the first is a warm-up
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return min(times[1:])
+
+    def in_torch():
+        for a, b in zip(src, dst):
+            kernel(a, out=b)
+
+    return best(in_torch) < 0.8 * best(lambda: getattr(np, name)(x, out=y))
+
+
 def inplace(name: str, x: np.ndarray) -> np.ndarray:
     """x ← f(x) in place for f = np.`name` (exp, log or log1p; x float64), through torch when x is large
-    and contiguous (notes above)."""
-    torch = _torch_or_none() if x.size >= TORCH_UFUNC and x.flags.c_contiguous else None
-    if torch is None:
+    and contiguous and torch is the faster on this CPU (notes above)."""
+    if not (x.size >= TORCH_UFUNC and x.flags.c_contiguous and torch_is_faster(name)):
         return getattr(np, name)(x, out=x)
-    for piece in torch.from_numpy(x.reshape(-1)).split(GRAIN):
+    for piece in _torch_or_none().from_numpy(x.reshape(-1)).split(GRAIN):
         getattr(piece, name + "_")()
     return x
 
