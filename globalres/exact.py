@@ -180,9 +180,9 @@ def grid(w: np.ndarray, n: int, c0: int, h: float) -> tuple[int, int]:
 # faster at k = 100; above, torch 1.04–1.1× faster per k = 1000 token), so arrays that large go through
 # torch, in pieces below at::internal::GRAIN_SIZE (32768 entries; a piece of exactly that is not below it),
 # which torch runs on the calling thread: no OpenMP pool, whose spinning threads cost more than they give
-# on a busy small CPU. With AVX-512 the order flips (a 2-core Xeon: numpy's exp 0.5 ns an entry, torch's
-# 3.8; routing through torch made a k = 1000 token 1.1× slower), so each function is timed once on this
-# CPU (`torch_is_faster`) and torch is used only where it wins.
+# on a busy small CPU. With AVX-512 the order can flip (a 2-core Xeon: numpy's exp took 63 µs on a 1000 × 95
+# table of e^{−t w}, torch's 82; with numpy's, a k = V token was 1.08× faster, k = 1000 within noise), so
+# each function is timed once on this CPU (`torch_is_faster`) and torch is used only where it wins.
 TORCH_UFUNC = 32768  # entries from which `inplace` may call torch
 GRAIN = 16384  # entries per torch call
 
@@ -697,7 +697,7 @@ def fit_pairwise(system: System, b0, *, tol: float, max_iter: int) -> dict:
 # full system's ‖∇F‖₁ at the weights read off it (median, max over 40 systems): k = 1000, n = 2, 8, 16:
 # 2e-14 to 1e-13, at most 5e-12; k = V (real pairs): 4e-13, at most 3e-11. Mostly below the fit tolerance,
 # so the full system is evaluated once, as the certificate (else Newton goes on from there). Bins 0.2 wide
-# gave 3 to 10× less error but, with 1.5× the pseudo-tokens, a k = 1000 token 1.18× slower (A/B).
+# gave 3 to 10× less error but, with 1.5× the pseudo-tokens, a k = 1000 token 1.06–1.20× slower (A/B).
 BIN = 0.3  # bin width in y of `compressed_start`
 CURVE = 0.1  # grid step in b on which R is tabulated for B (quintic Hermite: b errs ≤ 3e-11; 0.05: 5e-13)
 LARGE = 256  # systems with fewer tokens are fitted directly
