@@ -83,11 +83,11 @@ def test_inplace_ufuncs_match_numpy(name, size, torch_wins, monkeypatch):
 def _ratio_cases():
     rng = np.random.default_rng(3)
     one = 1.0 + rng.integers(0, 300, 5000) * 2.0**-52  # ulp-level near-ties, as in real pairs
-    yield "distinct", rng.random(1000)
-    yield "ties", np.repeat(rng.random(10), 100)[rng.permutation(1000)]
+    yield "distinct", rng.random(3000)  # (up to 1200 entries ratio_order is one argsort: these take the passes)
+    yield "ties", np.repeat(rng.random(10), 300)[rng.permutation(3000)]
     yield "ulp near-ties", one
     yield "ties and near-ties", np.concatenate([one, one[::-1], np.repeat(0.5, 300)])
-    yield "inf, 0 and subnormals", np.concatenate([rng.random(200), [np.inf] * 50, [0.0] * 30, [5e-324, 1e-310] * 20])
+    yield "inf, 0 and subnormals", np.concatenate([rng.random(2000), [np.inf] * 50, [0.0] * 30, [5e-324, 1e-310] * 20])
     yield "wide range", np.exp(rng.normal(0, 100, 20_000))
     yield "few", np.array([1.0, np.inf, 0.0, np.inf, 1.0])
     yield "one", np.array([3.0])
@@ -549,6 +549,24 @@ def test_ratio_curve_is_the_scalar_equation_of_the_tokens():
     np.testing.assert_allclose((up - 2 * y + down) / eps**2, y_bb, rtol=1e-3, atol=1e-4)
 
 
+def test_predicted_step_is_the_evaluation_where_it_lands():
+    # a pseudo fit's last quadratic step is not evaluated (newton(predict=True)): φ to first order in the
+    # step gives the kernel and m that the read-off uses, as the evaluation there would, to ~1e-13
+    h = exact.STEP
+    system, b0 = _inner_system(3000, 300, 8, seed=2)
+    b, _, norms, here = exact.newton(system, b0, h=h, tol=exact.PREDICT, max_iter=50)
+    assert 1e-13 < norms[-1] <= exact.PREDICT
+    d, C, gamma, E = exact.hessian(system, here, h)
+    step = exact.newton_direction(here["g"], d, E, here["qw"], C, gamma)
+    guess = exact.predicted(system, here, step)
+    lo = round(math.log(here["t"][0]) / h)
+    there = exact.evaluate(system, b + step, lo, lo + here["t"].size - 1, h)
+    assert there["gnorm"] < 1e-3 * norms[-1]  # the step was quadratic
+    np.testing.assert_allclose(guess["kernel"], there["kernel"], rtol=1e-12, atol=1e-14 * there["kernel"].max())
+    assert abs(guess["m"] - there["m"]) <= 1e-14 * there["m"]
+    assert "predicted" in exact.newton(system, b0, h=h, tol=1e-13, max_iter=50, predict=True)[3]
+
+
 def test_hermite_inverse_of_a_smooth_increasing_curve():
     # quintic Hermite interpolation of the inverse from values, slopes and curvatures: error ~1e-11 at the
     # default step 0.05 on a curve far curvier than y(b), and sixth order (halving the step: ~64× smaller)
@@ -588,7 +606,7 @@ def test_compressed_start_of_a_large_system(n):
     assert exact.compressed_start(exact.System(system.q[:200], system.target[:200], 0.0, n, 1), exact.STEP,
                                   1e-13) is None
     # 300 tokens whose ratios lie in 300 different bins cannot be compressed: no start, the plain fit runs
-    spread = 0.5 * np.exp(-0.21 * np.arange(300)) / n  # p/q: y steps of 0.21 > the bin width 0.2
+    spread = 0.5 * np.exp(-0.21 * np.arange(300)) / n  # p/q: y steps of 0.21, ≤ 2 tokens per bin (kept as they are)
     q = np.full(300, 1 / 300)
     assert exact.compressed_start(exact.System(q, q * spread, 0.0, n, 1), exact.STEP, 1e-13) is None
 
