@@ -547,7 +547,7 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
             step = np.zeros_like(b)
             step[free] = newton_direction(g[free], d[free], E[free], here["qw"][free], C, gamma)
         if predict and gnorm <= PREDICT and (len(gradient_norm) == 1 or gnorm <= 1e-2 * gradient_norm[-2]) \
-                and np.isfinite(step).all():
+                and float(np.abs(step).max()) <= PREDICT_STEP:
             return b + step, objective[: len(gradient_norm)], gradient_norm, predicted(system, here, step)
         there = line_search(at, b, step, here) if np.isfinite(step).all() else None
         if there is None:
@@ -563,6 +563,7 @@ def newton(system: System, b0, *, h: float, tol: float, max_iter: int, pin=None,
 
 
 PREDICT = 1e-7  # ‖∇F‖₁ from which `newton(predict=True)` trusts a quadratic step (it lands near 1e-14)
+PREDICT_STEP = 1e-5  # and the largest log-weight change it trusts to first order
 
 
 def predicted(system: System, here: dict, step) -> dict:
@@ -607,7 +608,10 @@ def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None,
 
     The 2h rule has half the nodes (a quarter of the Newton system's cost) and errs by ~1e-7
     relative, so its optimum is a start one or two quadratic steps from the optimum at h. A warm
-    start (`compressed_start`) or a small system goes to step h at once. The last step-h evaluation is
+    start (`compressed_start`) or a small system goes to step h at once; a warm start that misses tol
+    (by ~1e-11: the read-off's own error, on ~4% of k = 1000 tokens) steps with the Hessian of the 4h rule,
+    a quarter of the Gram matrix, whose ~2e-3 relative error still cuts ‖∇F‖₁ ~100× a step (every 8th node:
+    too coarse, 2×). The last step-h evaluation is
     the certificate: its quadrature error is bounded a priori (`quadrature_bound`), so no finer
     pass is needed.
 
@@ -624,7 +628,7 @@ def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None,
             b, objective, gradient_norm, _ = newton(system, b0, h=2 * h, tol=max(tol, ROUGH), max_iter=max_iter,
                                                     pin=pin, sparse=2, record=record)
         b, more_objective, more_gradient, here = newton(system, b, h=h, tol=tol, max_iter=max_iter, pin=pin,
-                                                        sparse=1 if system.q.size <= EXACT_HESSIAN else 2,
+                                                        sparse=1 if system.q.size <= EXACT_HESSIAN else 4 if warm else 2,
                                                         record=record, predict=predict)
     if "predicted" in here:
         return dict(b=b, acc=None, l1=None, quadrature=None, objective=objective + more_objective,

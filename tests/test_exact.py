@@ -598,6 +598,9 @@ def test_compressed_start_of_a_large_system(n):
     from_cold = exact.fit_system(system, cold, tol=1e-11)
     assert len(from_warm["gradient_norm"]) == 1 and from_cold["l1"] <= 1e-11
     np.testing.assert_allclose(from_warm["acc"], from_cold["acc"], rtol=0, atol=2e-11)
+    # a warm start that misses (here nudged to ~1e-10) is certified after one step with the coarse Hessian
+    nudged = exact.fit_system(system, warm + 3e-9 * np.sin(np.arange(warm.size)), tol=1e-11, warm=True)
+    assert nudged["gradient_norm"][0] > 3e-11 and len(nudged["gradient_norm"]) == 2 and nudged["converged"]
     # the certificate from moments (no matrix E): its bound covers what it differs by from the plain
     # evaluation, and it certifies here
     moments = exact.moment_certificate(system, warm, h=exact.STEP, tol=1e-11)
