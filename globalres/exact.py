@@ -627,9 +627,9 @@ def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None,
         if not warm and system.q.size > SMALL:
             b, objective, gradient_norm, _ = newton(system, b0, h=2 * h, tol=max(tol, ROUGH), max_iter=max_iter,
                                                     pin=pin, sparse=2, record=record)
+        sparse = 1 if system.q.size <= EXACT_HESSIAN else 4 if warm else 2
         b, more_objective, more_gradient, here = newton(system, b, h=h, tol=tol, max_iter=max_iter, pin=pin,
-                                                        sparse=1 if system.q.size <= EXACT_HESSIAN else 4 if warm else 2,
-                                                        record=record, predict=predict)
+                                                        sparse=sparse, record=record, predict=predict)
     if "predicted" in here:
         return dict(b=b, acc=None, l1=None, quadrature=None, objective=objective + more_objective,
                     gradient_norm=gradient_norm + more_gradient, nodes=here["t"].size, converged=True,
