@@ -83,7 +83,7 @@ def test_inplace_ufuncs_match_numpy(name, size, torch_wins, monkeypatch):
 def _ratio_cases():
     rng = np.random.default_rng(3)
     one = 1.0 + rng.integers(0, 300, 5000) * 2.0**-52  # ulp-level near-ties, as in real pairs
-    yield "distinct", rng.random(3000)  # (up to 1200 entries ratio_order is one argsort: these take the passes)
+    yield "distinct", rng.random(3000)
     yield "ties", np.repeat(rng.random(10), 300)[rng.permutation(3000)]
     yield "ulp near-ties", one
     yield "ties and near-ties", np.concatenate([one, one[::-1], np.repeat(0.5, 300)])
