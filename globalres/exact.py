@@ -745,44 +745,64 @@ def gauss_bins(y, q, width: float = BIN):
     if (y[1:] < y[:-1]).any():
         order = np.argsort(y, kind="stable")
         y, q = y[order], q[order]
-    if (y[1:] == y[:-1]).any():
-        first = np.flatnonzero(np.concatenate([[True], y[1:] != y[:-1]]))
-        y, q = y[first], np.add.reduceat(q, first)
+    edge = np.empty(y.size + 1, dtype=bool)  # edge[i]: a new point (then a new bin) starts at i; edge[-1]: the end
+    edge[0] = edge[-1] = True
+    np.not_equal(y[1:], y[:-1], out=edge[1:-1])
+    if not edge.all():
+        first = np.flatnonzero(edge)
+        y, q = y[first[:-1]], np.add.reduceat(q, first[:-1])
+        edge = edge[: y.size + 1]
+        edge[-1] = True
     cell = np.floor(y / width)
-    starts = np.flatnonzero(np.concatenate([[True], cell[1:] != cell[:-1]]))
-    counts = np.diff(np.append(starts, y.size))
+    np.not_equal(cell[1:], cell[:-1], out=edge[1:-1])
+    bounds = np.flatnonzero(edge)
+    starts, counts = bounds[:-1], bounds[1:] - bounds[:-1]
     mass = np.add.reduceat(q, starts)
-    centre = np.add.reduceat(q * y, starts) / mass
+    centre = np.add.reduceat(q * y, starts)
+    centre /= mass
     z = y - np.repeat(centre, counts)
-    spread = np.sqrt(np.add.reduceat(q * z * z, starts) / mass)
-    z /= np.repeat(np.where(spread > 0, spread, 1.0), counts)
-    powers = np.empty((4, y.size))
+    powers = np.empty((5, y.size))
+    np.multiply(q, z, out=powers[0])
+    np.multiply(powers[0], z, out=powers[1])
+    spread = np.add.reduceat(powers[1], starts)
+    spread /= mass
+    np.sqrt(spread, out=spread)
+    rich = (counts > 3) & (spread > 0)
+    z /= np.repeat(np.where(rich, spread, 1.0), counts)
     np.multiply(q * z, z * z, out=powers[0])
     for j in (1, 2, 3):
         np.multiply(powers[j - 1], z, out=powers[j])
-    s3, s4, s5, s6 = np.add.reduceat(powers, starts, axis=1) / mass  # E[z^j], with E[z] = 0, E[z²] = 1
+    s3, s4, s5, s6 = np.add.reduceat(powers[:4], starts, axis=1)[:, rich] / mass[rich]  # E[z^j]; E[z] = 0, E[z²] = 1
     norm2 = s4 - s3 * s3 - 1.0  # ‖p2‖² = β2
-    rich = (counts > 3) & (spread > 0) & (norm2 > 1e-9)
     with np.errstate(divide="ignore", invalid="ignore"):
-        alpha2 = (s5 - 2.0 * s3 * s4 + s3**3) / norm2
+        alpha2 = (s5 - 2.0 * s3 * s4 + s3 * s3 * s3) / norm2
         norm3 = (s6 - 2.0 * s3 * s5 + (s3 * s3 - 2.0) * s4 + 2.0 * s3 * s3 + 1.0
                  - alpha2 * alpha2 * norm2 - norm2 * norm2)
-    rich &= norm3 > 1e-9 * norm2  # p3 vanishes on a measure of 3 points: keep those tokens
-    s3, alpha2, norm2 = s3[rich, None], alpha2[rich, None], norm2[rich, None]
+    good = (norm2 > 1e-9) & (norm3 > 1e-9 * norm2)  # p3 vanishes on a measure of 3 points: keep those tokens
+    rich[rich] = good
+    s3, alpha2, norm2 = s3[good], alpha2[good], norm2[good]
     # p3 = (z − α2) p2 − β2 z = z³ + a z² + b z + c
     a, b, c = -(s3 + alpha2), alpha2 * s3 - 1.0 - norm2, alpha2
-    p, r = b - a * a / 3.0, 2.0 * a**3 / 27.0 - a * b / 3.0 + c  # z = u − a/3: u³ + p u + r = 0, p < 0
+    third = a / 3.0
+    p, r = b - a * third, (2.0 / 27.0) * a * a * a - b * third + c  # z = u − a/3: u³ + p u + r = 0, p < 0
     angle = np.arccos(np.clip(1.5 * r / p * np.sqrt(-3.0 / p), -1.0, 1.0)) / 3.0
-    x = 2.0 * np.sqrt(-p / 3.0) * np.cos(angle - (2.0 * math.pi / 3.0) * np.arange(3)) - a / 3.0
+    x = np.cos(angle[:, None] - (2.0 * math.pi / 3.0) * np.arange(3))
+    x *= (2.0 * np.sqrt(-p / 3.0))[:, None]
+    x -= third[:, None]
+    a, b, c, s3, norm2 = a[:, None], b[:, None], c[:, None], s3[:, None], norm2[:, None]
     x -= (((x + a) * x + b) * x + c) / ((3.0 * x + 2.0 * a) * x + b)
     p2 = (x - s3) * x - 1.0
     weights = 1.0 / (1.0 + x * x + p2 * p2 / norm2)
     kept = ~np.repeat(rich, counts)
-    Y = np.concatenate([(centre[rich, None] + spread[rich, None] * x).ravel(), y[kept]])
-    W = np.concatenate([(mass[rich, None] * weights).ravel(), q[kept]])
+    x *= spread[rich][:, None]
+    x += centre[rich][:, None]
+    weights *= mass[rich][:, None]
+    Y = np.concatenate([x.ravel(), y[kept]])
+    W = np.concatenate([weights.ravel(), q[kept]])
     order = np.argsort(Y, kind="stable")
     Y, W = Y[order], W[order]
-    return Y[W > 0], W[W > 0]
+    positive = W > 0
+    return Y[positive], W[positive]
 
 
 def ratio_range(system: System) -> tuple[float, float]:
