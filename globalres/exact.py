@@ -906,10 +906,13 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
     here = fit["evaluation"]
     lo, hi = float(fit["b"].min()) - 1.0, float(fit["b"].max()) + 1.0
     for _ in range(30):  # widen the grid until y(b) covers every token's y
-        bg = np.linspace(lo, hi, int(math.ceil((hi - lo) / CURVE)) + 1)
+        intervals = int(math.ceil((hi - lo) / CURVE))
+        bg = lo + ((hi - lo) / intervals) * np.arange(intervals + 1)
         with np.errstate(over="ignore", invalid="ignore"):  # a far end where R rounds to R∞: checked below
             yg, y_b, y_bb = ratio_curve(small, here, h, bg)
-        if not (np.isfinite(yg).all() and (np.diff(yg) > 0).all() and (y_b > 0).all() and np.isfinite(y_bb).all()):
+        # increasing between finite ends (NaN compares false), y_b > 0 and y_bb finite (its sum is, else it fails safe)
+        if not (-np.inf < yg[0] and yg[-1] < np.inf and (yg[1:] > yg[:-1]).all() and y_b.min() > 0
+                and math.isfinite(float(y_bb.sum()))):
             return None  # (y_bb overflows where R nears R∞ at the grid's far end: such a start is no start)
         # y ≈ b + const at both ends (R ∝ w as w → 0, R∞ − R ∝ 1/w as w → ∞): extrapolate the slope
         if yg[0] > y.min() and lo > -700.0:
