@@ -602,6 +602,18 @@ ROUGH = 1e-6  # ‖∇F‖₁ the step-2h phase of `fit_system` stops at: about 
 EXACT_HESSIAN = 32  # systems of at most this many tokens take the step-h Hessian at once: its cost is per call
 
 
+TIGHT = 1e-4  # rejected mass, relative to the accepted, below which a system is near-tight (`tight`)
+
+
+def tight(system: System) -> bool:
+    """Whether an inner system is near-tight (design §5b): its rejected mass R = Qⁿ − Σ target is below
+    TIGHT · Σ target. F's Hessian then has an eigenvalue ~R (the common shift of the log-weights), and the
+    step-2h rule's Hessian, off by ~2e-7 of Σ acc, gets that direction wrong: Newton with it stalls near
+    1e-11 for two or three steps (k = 1000, n = 8 Zipf pairs, R ~ 7e-8), where the exact one is quadratic."""
+    accepted = float(system.target.sum())
+    return system.c0 == 1 and system.Q**system.n - accepted < TIGHT * accepted
+
+
 def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None, warm=False, record=True,
                predict=False):
     """Fit one system: Newton at step 2h to ROUGH, then at step h to tol, certified at h.
@@ -611,9 +623,9 @@ def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None,
     start (`compressed_start`) or a small system goes to step h at once; a warm start that misses tol
     (by ~1e-11: the read-off's own error, on ~4% of k = 1000 tokens) steps with the Hessian of the 4h rule,
     a quarter of the Gram matrix, whose ~2e-3 relative error still cuts ‖∇F‖₁ ~100× a step (every 8th node:
-    too coarse, 2×). The last step-h evaluation is
-    the certificate: its quadrature error is bounded a priori (`quadrature_bound`), so no finer
-    pass is needed.
+    too coarse, 2×); a near-tight inner system (`tight`) steps with the exact Hessian. The last step-h
+    evaluation is the certificate: its quadrature error is bounded a priori (`quadrature_bound`), so no
+    finer pass is needed.
 
     Returns a dict: b, acc (at step h), l1 = ‖acc − target‖₁, quadrature (a bound on ‖acc − exact‖₁),
     objective and gradient_norm per iteration (both phases), nodes, converged, evaluation (the last
@@ -627,7 +639,7 @@ def fit_system(system: System, b0, *, h=STEP, tol=1e-12, max_iter=100, pin=None,
         if not warm and system.q.size > SMALL:
             b, objective, gradient_norm, _ = newton(system, b0, h=2 * h, tol=max(tol, ROUGH), max_iter=max_iter,
                                                     pin=pin, sparse=2, record=record)
-        sparse = 1 if system.q.size <= EXACT_HESSIAN else 4 if warm else 2
+        sparse = 1 if system.q.size <= EXACT_HESSIAN or (not warm and tight(system)) else 4 if warm else 2
         b, more_objective, more_gradient, here = newton(system, b, h=h, tol=tol, max_iter=max_iter, pin=pin,
                                                         sparse=sparse, record=record, predict=predict)
     if "predicted" in here:

@@ -498,6 +498,31 @@ def test_a_coarse_hessian_falls_back_to_the_exact_one(n):
     assert len(coarse_hessian) <= len(exact_hessian) + 4
 
 
+def _pseudo_system(V, k, n, seed):
+    """The Gauss pseudo-system of a Zipf top-k pair's inner system and its start, as `compressed_start` builds them."""
+    system, _ = _inner_system(V, k, n, seed)
+    bottom, top = exact.ratio_range(system)
+    y = exact.logit(np.clip((system.target / system.q - bottom) / (top - bottom), 1e-300, 1 - 1e-15))
+    Y, W = exact.gauss_bins(y, system.q)
+    small = exact.System(W, W * (bottom + (top - bottom) / (1 + np.exp(-Y))), system.c, n, 1)
+    return small, exact.rescale(small, exact.inner_start(small.q, small.target, small.Q, n), 2 * exact.STEP)
+
+
+def test_near_tight_systems_take_the_exact_hessian():
+    # near-tight (rejected mass ~1e-7 of the accepted, as k = 1000, n = 8 Zipf pairs are): F's smallest
+    # curvature is ~that mass, which the step-2h Hessian (off by ~2e-7) gets wrong, so Newton with it stalls
+    # a step near 1e-12; fit_system takes the exact Hessian for such systems
+    h = exact.STEP
+    for seed in (4, 7):
+        small, b0 = _pseudo_system(32000, 1000, 8, seed)
+        assert exact.tight(small)
+        exact_hessian = exact.newton(small, b0, h=h, tol=1e-12, max_iter=50, sparse=1)[2]
+        coarse_hessian = exact.newton(small, b0, h=h, tol=1e-12, max_iter=50, sparse=2)[2]
+        assert len(exact_hessian) < len(coarse_hessian)
+        assert exact.fit_system(small, b0, tol=1e-12)["gradient_norm"] == exact_hessian
+    assert not exact.tight(_pseudo_system(32000, 1000, 8, 0)[0])
+
+
 def test_pairwise_closed_form_is_the_quadrature_of_n2():
     # n = 2: acc, F (up to a constant) and the Newton step in closed form agree with the quadrature ones
     rng = np.random.default_rng(5)
