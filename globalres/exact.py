@@ -182,7 +182,8 @@ def grid(w: np.ndarray, n: int, c0: int, h: float) -> tuple[int, int]:
 # which torch runs on the calling thread: no OpenMP pool, whose spinning threads cost more than they give
 # on a busy small CPU. With AVX-512 the order can flip (a 2-core Xeon: numpy's exp took 63 µs on a 1000 × 95
 # table of e^{−t w}, torch's 82; with numpy's, a k = V token was 1.08× faster, k = 1000 within noise), so
-# each function is timed once on this CPU (`torch_is_faster`) and torch is used only where it wins.
+# each function is timed once on this CPU, the way `inplace` runs it (`torch_is_faster`), and torch is used
+# only where it wins.
 TORCH_UFUNC = 32768  # entries from which `inplace` may call torch
 GRAIN = 16384  # entries per torch call
 
@@ -197,31 +198,33 @@ def _torch_or_none():
 
 @functools.lru_cache(maxsize=None)
 def torch_is_faster(name: str) -> bool:
-    """Whether torch's `name` (in GRAIN pieces) beats numpy's by 20% on TORCH_UFUNC float64 entries on
-    this CPU: the best of 5 timings each, once per process (~2 ms). Either is correct to 2 ulp."""
+    """Whether `inplace`'s torch route for `name` beats numpy's by 20% on this CPU, timed as `inplace` runs
+    it (tensor views and GRAIN pieces made per call) on an array of 3·TORCH_UFUNC float64 entries, about a
+    k = 1000 evaluation's e^{−t w}: the best of 5 timings each, once per process (~3 ms). Either is correct
+    to 2 ulp. (Timing pre-split pieces instead favoured torch's exp on an AVX-512 Xeon once torch ran on one
+    thread, where inside the solver it was 7% slower at k = 1000.)"""
     torch = _torch_or_none()
     if torch is None:
         return False
-    x = np.linspace(1e-3, 30.0, TORCH_UFUNC)
+    x = np.linspace(1e-3, 30.0, 3 * TORCH_UFUNC)
     if name == "exp":
         x = -x
     y = np.empty_like(x)
-    src, dst = torch.from_numpy(x).split(GRAIN), torch.from_numpy(y).split(GRAIN)
-    kernel = getattr(torch, name)
 
     def best(run):
         times = []
         for _ in range(6):  # the first is a warm-up
+            np.copyto(y, x)
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
         return min(times[1:])
 
     def in_torch():
-        for a, b in zip(src, dst):
-            kernel(a, out=b)
+        for piece in torch.from_numpy(y.reshape(-1)).split(GRAIN):
+            getattr(piece, name + "_")()
 
-    return best(in_torch) < 0.8 * best(lambda: getattr(np, name)(x, out=y))
+    return best(in_torch) < 0.8 * best(lambda: getattr(np, name)(y, out=y))
 
 
 def inplace(name: str, x: np.ndarray) -> np.ndarray:
