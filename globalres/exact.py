@@ -504,7 +504,11 @@ def newton_direction(g, d, E, qw, C, gamma=0.0) -> np.ndarray:
         rhs = (r @ W) * root
     A *= -1.0
     A.flat[:: A.shape[0] + 1] += 1.0 + 1e-13  # the segment gauge is pinned; 1e-13 only guards round-off
-    y, info = lapack.dgesv(A, rhs)[2:]  # LAPACK directly: np.linalg.solve costs ~20 µs more per call
+    # I − WᵀW is positive definite where the Hessian is: Cholesky (LAPACK directly: np.linalg.solve costs ~20 µs
+    # more per call), LU where rounding or a coarse rule's Hessian breaks that
+    y, info = lapack.dposv(A, rhs)[1:]
+    if info != 0:
+        y, info = lapack.dgesv(A, rhs)[2:]
     if info != 0:
         y = np.linalg.lstsq(A, rhs, rcond=None)[0]
     if G <= K + 1:
