@@ -877,13 +877,22 @@ def hermite_inverse(yg, bg, y_b, y_bb, y):
     d, coefficients = hermite_coefficients(yg, bg, y_b, y_bb)
     order = np.argsort(y, kind="stable") if (y[1:] < y[:-1]).any() else None  # y comes sorted but at a segment's end
     ys = y if order is None else y[order]
-    # tokens per interval (the end intervals extrapolate): with y sorted, repeats instead of gathers (2.5× at k = V)
-    counts = np.diff(np.concatenate([[0], np.searchsorted(ys, yg[1:-1], side="right"), [ys.size]]))
-    s = (ys - np.repeat(yg[:-1], counts)) / np.repeat(d, counts)
-    out = np.repeat(coefficients[5], counts)
-    for c in coefficients[4::-1]:  # Horner
+    # tokens per interval (the end intervals extrapolate): with y sorted, repeats instead of gathers (2.5× at k = V),
+    # of one table: [left end, 1/width, the six coefficients] per interval
+    bounds = np.empty(yg.size, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, ys.size
+    bounds[1:-1] = np.searchsorted(ys, yg[1:-1], side="right")
+    table = np.empty((8, d.size))
+    table[0], table[1] = yg[:-1], 1.0 / d
+    for row, c in zip(table[2:], coefficients):
+        row[...] = c
+    per_token = table.repeat(bounds[1:] - bounds[:-1], axis=1)
+    s = ys - per_token[0]
+    s *= per_token[1]
+    out = per_token[7].copy()
+    for c in per_token[6:1:-1]:  # Horner
         out *= s
-        out += np.repeat(c, counts)
+        out += c
     if order is not None:
         out[order] = out.copy()
     return out
