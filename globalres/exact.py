@@ -575,9 +575,12 @@ PREDICT_STEP = 1e-5  # and the largest log-weight change it trusts to first orde
 
 def predicted(system: System, here: dict, step) -> dict:
     """The parts of an evaluation at b + step that `ratio_curve` reads (t, kernel, m), from the one at b:
-    φ to first order in the step, φ(t) − t Σ_v q_v w_v e^{−t w_v} step_v. A quadratic Newton step from
-    ‖∇F‖₁ ≤ PREDICT moves b by ~1e-7, so the neglected term is ~1e-14 of φ: far below what the full
-    system's certificate tolerates, and it costs one matrix-vector product instead of an evaluation."""
+    φ to first order in the step, φ(t) − t Σ_v q_v w_v e^{−t w_v} step_v, for one matrix-vector product
+    instead of an evaluation. The neglected term is second order in each token's step, weighted by its
+    share of φ: ~1e-14 of φ for the typical step of ~1e-7 from ‖∇F‖₁ ≤ PREDICT. `newton` trusts no log-weight
+    change above PREDICT_STEP (light pseudo-tokens can move 1e-4–1e-2 at a small gradient, and trusting those
+    tripled the full system's certificate misses). A miss costs only time: that certificate is computed
+    afresh from the read-off weights."""
     t, qw = here["t"], here["qw"]
     phi = here["phi"] - t * ((qw * step) @ here["E"])
     kernel = here["dt"] * phi ** (system.n - 1)
@@ -615,8 +618,8 @@ TIGHT = 1e-4  # rejected mass, relative to the accepted, below which a system is
 def tight(system: System) -> bool:
     """Whether an inner system is near-tight (design §5b): its rejected mass R = Qⁿ − Σ target is below
     TIGHT · Σ target. F's Hessian then has an eigenvalue ~R (the common shift of the log-weights), and the
-    step-2h rule's Hessian, off by ~2e-7 of Σ acc, gets that direction wrong: Newton with it stalls near
-    1e-11 for two or three steps (k = 1000, n = 8 Zipf pairs, R ~ 7e-8), where the exact one is quadratic."""
+    step-2h rule's Hessian, off by ~2e-7 of Σ acc, gets that direction wrong: Newton with it stalls for one
+    to a few steps near 1e-11 (k = 1000, n = 8 Zipf pairs, R ~ 7e-8), where the exact one is quadratic."""
     accepted = float(system.target.sum())
     return system.c0 == 1 and system.Q**system.n - accepted < TIGHT * accepted
 
