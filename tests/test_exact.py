@@ -467,6 +467,28 @@ def test_scale_start_needs_few_newton_steps(n):
     assert len(plan.info["history"]["inner"]["gradient_norm"]) <= 8
 
 
+def test_segment_start_follows_the_ratio_range():
+    # a segment's R(w) = acc/q runs from R0 = n cⁿ⁻¹ to R∞ = n Qⁿ⁻¹, so its fit starts from
+    # logit((t/q − R0)/(R∞ − R0)); log(t/q) ignores the floor R0, and tokens with t/q near it (tiny optimal
+    # weights) then crawl down ~1 a Newton step in log-weight: about twice the steps over these segments
+    steps = {"segment_start": 0, "log(t/q)": 0}
+    for seed in range(80):
+        p, q = _zipf_top_k(5000, 300, seed) if seed % 2 else _zipf_top_k(2000, 100, seed)
+        s = exact.layout(p, q, 2)
+        for l in np.flatnonzero(s["starts"] - s["ends"] > 1):
+            span = np.arange(s["ends"][l], s["starts"][l])
+            system = exact.System(s["qv"][span], s["targets"][span], float(s["Qc"][s["ends"][l]]), 2, 0)
+            pin = int(np.argmax(system.target))
+            with np.errstate(divide="ignore"):
+                starts = {"segment_start": exact.segment_start(system),
+                          "log(t/q)": np.log(np.maximum(system.target, 1e-300) / system.q)}
+            for name, b0 in starts.items():
+                fit = exact.fit_system(system, b0 - b0[pin], tol=1e-11, pin=pin)
+                assert fit["converged"]
+                steps[name] += len(fit["gradient_norm"])
+    assert steps["segment_start"] > 20 and steps["segment_start"] < 0.75 * steps["log(t/q)"]
+
+
 def _inner_system(V, k, n, seed):
     """The inner system of a Zipf top-k pair and its cold start (`inner_start`, rescaled at step 2h)."""
     p, q = _zipf_top_k(V, k, seed)
