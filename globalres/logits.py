@@ -4,7 +4,7 @@ Notation: V tokens; a logits array is (V,) for one position or (T, V) for T posi
 law softmax(target/τ), q the draft's, optionally truncated to its top-k tokens or its top-p nucleus.
 
 Files are read without unpickling: .npy / .npz with ``allow_pickle=False``, .safetensors, and .pt only
-through torch.load with ``weights_only=True``. A file holds one array (a single logits array) or several
+through torch's loader with ``weights_only=True``. A file holds one array (a single logits array) or several
 named ones ("target" and "draft" for a pair). Every loader checks the size limit before reading, then
 dtype (floating point only), shape, NaN/+inf and matching vocabularies, and raises InputError with
 the fix.
@@ -141,7 +141,8 @@ def read_arrays(source, *, name: str | None = None, max_bytes: int = MAX_BYTES) 
         if suffix == ".pt":
             import torch
 
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            buffer = io.BytesIO(data)
+            obj = torch.load(buffer, weights_only=True, map_location="cpu")  # never unpickles code
             if isinstance(obj, torch.Tensor):
                 return {"logits": _torch_to_numpy(obj, name, "logits")}
             if isinstance(obj, dict):
