@@ -49,6 +49,7 @@ import contextlib
 import ctypes
 import functools
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -757,6 +758,70 @@ CURVE = 0.1  # grid step in b on which R is tabulated for B (quintic Hermite: b 
 LARGE = 256  # systems with fewer tokens are fitted directly
 
 
+# ---------------------------------------------------------- the compressed start in C (optional)
+# The pseudo-system of a k = 1000 token has ~70 tokens and ~95 nodes: its numpy fit is ~150 numpy calls
+# (`rescale`, 2–4 Newton steps) and its Gauss rule ~45, most of the time in call overhead. pseudo.c does
+# each in one call (`gauss_bins_c`, `pseudo_fit`); `make setup` builds it. It only makes the start: the full
+# system is certified by `evaluate` as before, so where it is not built or fails the numpy code runs, and
+# the certified output is the same either way (GLOBALRES_NO_C=1 turns it off).
+PSEUDO_C = 256  # pseudo-systems of at most this many tokens may use it (a direct G×G solve; above, Woodbury)
+
+
+@functools.lru_cache(maxsize=1)
+def _pseudo_c():
+    """pseudo.c's functions (built as _pseudo.so beside this file), or None where it is not built or
+    GLOBALRES_NO_C is set."""
+    if os.environ.get("GLOBALRES_NO_C"):
+        return None
+    try:
+        library = ctypes.CDLL(os.path.join(os.path.dirname(__file__), "_pseudo.so"))
+    except OSError:
+        return None
+    double, pointer, long = ctypes.c_double, ctypes.POINTER(ctypes.c_double), ctypes.c_long
+    library.pseudo_fit.restype = ctypes.c_int
+    library.pseudo_fit.argtypes = [long, ctypes.c_int, pointer, pointer, double, double, double, ctypes.c_int,
+                                   double, double, ctypes.c_int, pointer, pointer, long, pointer]
+    library.gauss_bins.restype = long
+    library.gauss_bins.argtypes = [long, pointer, pointer, double, pointer, pointer]
+    return library
+
+
+def _pointer(x: np.ndarray):
+    return x.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+
+
+def gauss_bins_c(y, q, width: float = BIN):
+    """`gauss_bins` by pseudo.c (y sorted, as inner systems come), else by numpy."""
+    library = _pseudo_c()
+    if library is not None and y.dtype == q.dtype == np.float64 and y.flags.c_contiguous and q.flags.c_contiguous:
+        Y, W = np.empty(y.size), np.empty(y.size)
+        count = library.gauss_bins(y.size, _pointer(y), _pointer(q), width, _pointer(Y), _pointer(W))
+        if count >= 0:
+            return Y[:count], W[:count]
+    return gauss_bins(y, q, width)
+
+
+def pseudo_fit(system: System, b0, *, h: float, tol: float, max_iter: int, rescaled: bool) -> dict | None:
+    """`fit_system` of a small inner system by pseudo_fit.c: damped Newton at step h with the exact
+    Hessian, from `rescale`(b0, 2h) unless `rescaled` is False (a warm b0 is taken as is). Returns the
+    parts `compressed_start` reads (b, converged, evaluation: t, kernel, m of the last evaluation), or
+    None where the C fit is not built, does not apply (segments, more than PSEUDO_C tokens) or fails."""
+    library = _pseudo_c()
+    if library is None or system.c0 != 1 or not 2 <= system.q.size <= PSEUDO_C:
+        return None
+    q, target = np.ascontiguousarray(system.q, dtype=np.float64), np.ascontiguousarray(system.target, dtype=np.float64)
+    b = np.array(b0, dtype=np.float64)
+    kernel, out = np.empty(4096), np.zeros(5)
+    r1, r2, _ = tail_sums(h)
+    status = library.pseudo_fit(q.size, system.n, _pointer(q), _pointer(target), system.c, h, tol, max_iter, r1, r2,
+                                int(rescaled), _pointer(b), _pointer(kernel), kernel.size, _pointer(out))
+    if status != 0 or not np.isfinite(b).all():
+        return None
+    lo, hi = int(out[0]), int(out[1])
+    return dict(b=b, converged=True, evaluation=dict(t=nodes(lo, hi, h), kernel=kernel[: hi - lo + 1].copy(),
+                                                     m=float(out[2])))
+
+
 def gauss_bins(y, q, width: float = BIN):
     """Nodes Y (increasing) and weights W of the 3-point Gauss rule of the measure Σ_v q_v δ(y_v) within
     each bin of `width`. Per bin, in z = (y − mean)/std: the moments E[z³..z⁶] (one `reduceat` over all
@@ -917,7 +982,7 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
     with np.errstate(divide="ignore"):
         r = np.clip((1.0 / (system.q / system.target) - bottom) / (top - bottom), 1e-300, 1.0 - 1e-15)
     y = logit(r)
-    Y, W = gauss_bins(y, system.q, width)
+    Y, W = gauss_bins_c(y, system.q, width)
     if 2 * Y.size > G:
         return None
     target = W * (bottom + (top - bottom) / (1.0 + np.exp(-Y)))
@@ -927,12 +992,15 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
     pin = None if c0 == 1 else int(np.argmax(small.target))
     b0 = compressed_start(small, h, tol, 4 * width)
     warm = b0 is not None
-    if not warm:
-        b0 = rescale(small, inner_start(small.q, small.target, small.Q, n), 2 * h) if c0 == 1 else \
-            segment_start(small)
-    if pin is not None:
-        b0 = b0 - b0[pin]
-    fit = fit_system(small, b0, h=h, tol=tol, max_iter=40, pin=pin, warm=warm, record=False, predict=True)
+    fit = pseudo_fit(small, b0 if warm else inner_start(small.q, small.target, small.Q, n), h=h, tol=tol,
+                     max_iter=40, rescaled=not warm) if c0 == 1 else None
+    if fit is None:
+        if not warm:
+            b0 = rescale(small, inner_start(small.q, small.target, small.Q, n), 2 * h) if c0 == 1 else \
+                segment_start(small)
+        if pin is not None:
+            b0 = b0 - b0[pin]
+        fit = fit_system(small, b0, h=h, tol=tol, max_iter=40, pin=pin, warm=warm, record=False, predict=True)
     if not (fit["converged"] and np.isfinite(fit["b"]).all()):
         return None
     here = fit["evaluation"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -926,3 +928,95 @@ def test_keep_freed_memory_is_an_opt_in_malloc_setting():
     assert kept is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     plan = gr.solve(gr.Problem([0.5, 0.3, 0.2], [0.2, 0.3, 0.5], n=2), method="exact")
     assert plan.success
+
+
+# ------------------------------------------------------------ the compressed start in C (pseudo.c)
+# Built by `make setup`; where a C compiler exists, a missing library is a build failure, not a skip.
+NO_C = pytest.mark.skipif(exact._pseudo_c() is None and (shutil.which("cc") is None or "GLOBALRES_NO_C" in os.environ),
+                          reason="pseudo.c is not built (no C compiler, or GLOBALRES_NO_C)")
+
+
+@NO_C
+def test_c_start_is_built():
+    assert exact._pseudo_c() is not None, "globalres/_pseudo.so is missing or does not load: run `make setup`"
+
+
+def _ratio_measure(seed, size=3000):
+    """Sorted y with float16-like ties, a bin of two distinct values and a degenerate bin, and masses q."""
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([rng.normal(0, 3, size), np.full(50, 20.1), np.full(40, 20.15), [29.91, 29.93],
+                        np.full(300, 2.05), 7.03 + np.repeat([0.0, 0.01, 0.02], 5)])
+    y = np.sort(np.round(y * 64) / 64 if seed % 2 else y)
+    return y, rng.dirichlet(np.ones(y.size)) * rng.uniform(0.1, 1.0)
+
+
+@NO_C
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("width", [0.3, 1.2])
+def test_gauss_bins_in_c_are_the_numpy_rule(seed, width):
+    # the same nodes and weights as `gauss_bins` (to rounding: the moments are summed in another order);
+    # an unsorted y is left to numpy
+    y, q = _ratio_measure(seed)
+    Y, W = exact.gauss_bins(y, q, width)
+    Yc, Wc = exact.gauss_bins_c(y, q, width)
+    assert Yc.size == Y.size and (np.diff(Yc) > 0).all() and (Wc > 0).all()
+    np.testing.assert_allclose(Yc, Y, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(Wc, W, rtol=1e-8, atol=0)
+    np.testing.assert_allclose(Wc.sum(), q.sum(), rtol=1e-13)
+    shuffled = np.random.default_rng(seed).permutation(y.size)
+    Yu, Wu = exact.gauss_bins_c(y[shuffled], q[shuffled], width)
+    Yn, Wn = exact.gauss_bins(y[shuffled], q[shuffled], width)
+    np.testing.assert_array_equal(Yu, Yn) and np.testing.assert_array_equal(Wu, Wn)
+
+
+@NO_C
+@pytest.mark.parametrize("n, k, seed", [(1, 1000, 0), (2, 1000, 1), (2, 300, 2), (4, 3000, 3), (8, 1000, 4),
+                                        (8, 1000, 7), (16, 1000, 5), (64, 2000, 6)])
+def test_pseudo_fit_in_c_is_the_numpy_fit(n, k, seed):
+    # the C fit of a pseudo-system (from `inner_start`, rescaled in C) reaches the optimum of the same
+    # discretised F as the numpy fit: numpy's own evaluation at its weights meets the tolerance, the weights
+    # agree, and so do the kernel and m that `ratio_curve` reads (n = 8, seeds 4 and 7: near-tight systems)
+    small, b0 = _pseudo_system(32000, k, n, seed)
+    h, tol = exact.STEP, 1e-13
+    numpy_fit = exact.fit_system(small, b0, h=h, tol=tol, max_iter=40)
+    c_fit = exact.pseudo_fit(small, exact.inner_start(small.q, small.target, small.Q, n), h=h, tol=tol,
+                             max_iter=40, rescaled=True)
+    assert numpy_fit["converged"] and c_fit is not None
+    here = exact.evaluate_at(small, c_fit["b"], h)
+    assert here["gnorm"] <= tol
+    np.testing.assert_allclose(c_fit["b"], numpy_fit["b"], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(c_fit["evaluation"]["t"], here["t"], rtol=1e-15)
+    np.testing.assert_allclose(c_fit["evaluation"]["kernel"], here["kernel"], rtol=1e-11, atol=1e-300)
+    np.testing.assert_allclose(c_fit["evaluation"]["m"], here["m"], rtol=1e-11)
+    # from a warm start (rescaled=False) too, and it refuses what it does not do: segments, large systems
+    warm = exact.pseudo_fit(small, numpy_fit["b"] + 1e-4, h=h, tol=tol, max_iter=40, rescaled=False)
+    np.testing.assert_allclose(warm["b"], c_fit["b"], rtol=0, atol=1e-7)
+    assert exact.pseudo_fit(dataclasses.replace(small, c0=0), b0, h=h, tol=tol, max_iter=40, rescaled=False) is None
+    big = exact.System(np.full(300, 1 / 300), np.full(300, 0.5 / 300), 0.0, n, 1)
+    assert exact.pseudo_fit(big, np.zeros(300), h=h, tol=tol, max_iter=40, rescaled=True) is None
+
+
+@pytest.mark.parametrize("n", [2, 8])
+def test_compressed_start_is_the_same_with_or_without_c(n, monkeypatch):
+    # the C start and the numpy start are the same start (both certify the full system at its first
+    # evaluation, with the same accepted masses), and a C call that fails leaves the numpy code to run
+    system, _ = _inner_system(32000, 1000, n, seed=10 + n)
+    h, tol = exact.STEP, 1e-11
+    starts = {"c": exact.compressed_start(system, h, tol / 10)}
+    monkeypatch.setattr(exact, "_pseudo_c", lambda: None)
+    starts["numpy"] = exact.compressed_start(system, h, tol / 10)
+
+    class Failing:
+        def pseudo_fit(self, *args):
+            return -1
+
+        def gauss_bins(self, *args):
+            return -1
+
+    monkeypatch.setattr(exact, "_pseudo_c", lambda: Failing())
+    starts["failing"] = exact.compressed_start(system, h, tol / 10)
+    fits = {name: exact.fit_system(system, b, h=h, tol=tol, warm=True) for name, b in starts.items()}
+    for fit in fits.values():
+        assert fit["converged"] and len(fit["gradient_norm"]) == 1
+    np.testing.assert_allclose(fits["c"]["acc"], fits["numpy"]["acc"], rtol=0, atol=2e-11)
+    np.testing.assert_array_equal(starts["failing"], starts["numpy"])
