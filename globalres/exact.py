@@ -783,6 +783,11 @@ def _pseudo_c():
                                    double, double, ctypes.c_int, pointer, pointer, long, pointer]
     library.gauss_bins.restype = long
     library.gauss_bins.argtypes = [long, pointer, pointer, double, pointer, pointer]
+    library.ratio_curve.restype = None
+    library.ratio_curve.argtypes = [long, pointer, pointer, double, ctypes.c_int, ctypes.c_int, double, double, double,
+                                    double, double, double, long, pointer, pointer, pointer, pointer]
+    library.hermite_inverse.restype = ctypes.c_int
+    library.hermite_inverse.argtypes = [long, pointer, pointer, pointer, pointer, long, pointer, pointer]
     return library
 
 
@@ -799,6 +804,32 @@ def gauss_bins_c(y, q, width: float = BIN):
         if count >= 0:
             return Y[:count], W[:count]
     return gauss_bins(y, q, width)
+
+
+def ratio_curve_c(system: System, here: dict, h: float, b):
+    """`ratio_curve` by pseudo.c, else by numpy."""
+    library = _pseudo_c()
+    if library is None:
+        return ratio_curve(system, here, h, b)
+    t, kernel = np.ascontiguousarray(here["t"]), np.ascontiguousarray(here["kernel"])
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    y, y_b, y_bb = np.empty(b.size), np.empty(b.size), np.empty(b.size)
+    r1, r2, _ = tail_sums(h)
+    bottom, top = ratio_range(system)
+    library.ratio_curve(t.size, _pointer(t), _pointer(kernel), float(here["m"]), system.n, system.c0, system.Q, h, r1,
+                        r2, bottom, top, b.size, _pointer(b), _pointer(y), _pointer(y_b), _pointer(y_bb))
+    return y, y_b, y_bb
+
+
+def hermite_inverse_c(yg, bg, y_b, y_bb, y):
+    """`hermite_inverse` by pseudo.c (y sorted), else by numpy."""
+    library = _pseudo_c()
+    if library is not None and y.dtype == np.float64 and y.flags.c_contiguous:
+        out = np.empty(y.size)
+        if library.hermite_inverse(yg.size, _pointer(yg), _pointer(bg), _pointer(y_b), _pointer(y_bb), y.size,
+                                   _pointer(y), _pointer(out)) == 0:
+            return out
+    return hermite_inverse(yg, bg, y_b, y_bb, y)
 
 
 def pseudo_fit(system: System, b0, *, h: float, tol: float, max_iter: int, rescaled: bool) -> dict | None:
@@ -1009,7 +1040,7 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
         intervals = int(math.ceil((hi - lo) / CURVE))
         bg = lo + ((hi - lo) / intervals) * np.arange(intervals + 1)
         with np.errstate(over="ignore", invalid="ignore"):  # a far end where R rounds to R∞: checked below
-            yg, y_b, y_bb = ratio_curve(small, here, h, bg)
+            yg, y_b, y_bb = ratio_curve_c(small, here, h, bg)
         # increasing between finite ends (NaN compares false), y_b > 0 and y_bb finite (its sum is, else it fails safe)
         if not (-np.inf < yg[0] and yg[-1] < np.inf and (yg[1:] > yg[:-1]).all() and y_b.min() > 0
                 and math.isfinite(float(y_bb.sum()))):
@@ -1020,7 +1051,7 @@ def compressed_start(system: System, h: float, tol: float, width: float = BIN):
         elif yg[-1] < y.max() and hi < 700.0:
             hi = min(hi + min(max(1.5 * (y.max() - yg[-1]) / y_b[-1], 2.0), 64.0), 700.0)
         else:  # (a weight beyond e^±700 is clipped by the fit anyway: the end polynomials extrapolate)
-            b = hermite_inverse(yg, bg, y_b, y_bb, y)
+            b = hermite_inverse_c(yg, bg, y_b, y_bb, y)
             return b if np.isfinite(b).all() else None
     return None
 

@@ -467,3 +467,53 @@ long gauss_bins(long G, const double *y, const double *q, double width, double *
         }
     return kept;
 }
+
+/* exact.ratio_curve: y(b) = logit((R(e^b) − R0)/(R∞ − R0)) and its first two derivatives in b at the NG
+ * points bg, from a fit's nodes t, kernel (K each) and m = Σ q w; c0 = 1 (inner) or 0 (segment). */
+void ratio_curve(long K, const double *t, const double *kernel, double m, int n, int c0, double Q, double h,
+                 double r1, double r2, double bottom, double top, long NG, const double *bg, double *y,
+                 double *y_b, double *y_bb) {
+    double t0 = t[0], Qn1 = pow(Q, n - 1), dL = -h * t0 * t0 * Qn1 * r2;
+    for (long i = 0; i < NG; i++) {
+        double w = exp(bg[i]), S0 = 0.0, S1 = 0.0, S2 = 0.0;
+#pragma omp simd reduction(+ : S0, S1, S2)
+        for (long k = 0; k < K; k++) {
+            double x = -t[k] * w, e = exp(x > -EXP_CAP ? x : -EXP_CAP) * kernel[k];
+            S0 += e;
+            S1 += e * t[k];
+            S2 += e * t[k] * t[k];
+        }
+        double L = h * t0 * Qn1 * (r1 - t0 * r2 * (c0 + w + (n - 1) * m / Q));
+        double R = n * w * (S0 + L), R_w = n * (S0 - w * S1 + L + w * dL), R_ww = n * (w * S2 - 2 * S1 + 2 * dL);
+        double R_b = w * R_w, R_bb = w * R_w + w * w * R_ww, below = R - bottom, gap = top - R;
+        double scale = (top - bottom) / (below * gap);
+        y[i] = log(below) - log(gap);
+        y_b[i] = R_b * scale;
+        y_bb[i] = R_bb * scale + R_b * R_b * (2 * R - bottom - top) * scale * scale / (top - bottom);
+    }
+}
+
+/* exact.hermite_inverse for y sorted increasing: B(y) by the quintic Hermite interpolant of the inverse of
+ * b -> y on the grid (bg, yg) with B' = 1/y_b and B'' = −y_bb/y_b³ (the end intervals extrapolate).
+ * Returns 0, or −1 where y is not sorted. */
+int hermite_inverse(long NG, const double *yg, const double *bg, const double *y_b, const double *y_bb, long G,
+                    const double *y, double *out) {
+    for (long i = 1; i < G; i++)
+        if (y[i] < y[i - 1]) return -1;
+    long i = 0;
+    for (long j = 0; j + 1 < NG; j++) {
+        double d = yg[j + 1] - yg[j];
+        double D = d / y_b[j], S = -d * d * y_bb[j] / (y_b[j] * y_b[j] * y_b[j]);
+        double D1 = d / y_b[j + 1], S1 = -d * d * y_bb[j + 1] / (y_b[j + 1] * y_b[j + 1] * y_b[j + 1]);
+        double f0 = bg[j], jump = bg[j + 1] - bg[j];
+        double c[6] = {f0, D, S / 2, 10 * jump - 6 * D - 4 * D1 - 1.5 * S + 0.5 * S1,
+                       -15 * jump + 8 * D + 7 * D1 + 1.5 * S - S1, 6 * jump - 3 * D - 3 * D1 - 0.5 * S + 0.5 * S1};
+        double inv = 1.0 / d;
+        /* tokens of this interval: y <= yg[j + 1] (the last interval takes the rest) */
+        for (; i < G && (j + 2 == NG || y[i] <= yg[j + 1]); i++) {
+            double s = (y[i] - yg[j]) * inv;
+            out[i] = ((((c[5] * s + c[4]) * s + c[3]) * s + c[2]) * s + c[1]) * s + c[0];
+        }
+    }
+    return 0;
+}
