@@ -395,7 +395,8 @@ def main():
         print(f"done (k={k}, n={n}, V={V})", file=sys.stderr, flush=True)
     machine = f"{cpu()}, {torch.get_num_threads()} torch thread(s), " \
               f"torch {torch.__version__}, numpy {np.__version__}, " \
-              f"freed memory {'kept (exact.keep_freed_memory)' if kept else 'returned to the OS'}"
+              f"freed memory {'kept (exact.keep_freed_memory)' if kept else 'returned to the OS'}, " \
+              f"compressed start in {'C (globalres/pseudo.c)' if exact.has_c_start() else 'numpy (pseudo.c not built)'}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(dict(machine=machine, pairs=count, real_pairs=real, budget_s=MINUTE,
                                         chi2_draws=args.draws, results=results), indent=1))

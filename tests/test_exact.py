@@ -941,6 +941,14 @@ def test_c_start_is_built():
     assert exact._pseudo_c() is not None, "globalres/_pseudo.so is missing or does not load: run `make setup`"
 
 
+def test_c_start_uses_the_constants_of_the_numpy_code():
+    source = open(os.path.join(os.path.dirname(exact.__file__), "pseudo.c")).read()
+    defines = dict(line.split()[1:3] for line in source.splitlines() if line.startswith("#define"))
+    assert set(defines) == {"LEFT", "TAIL", "EXP_CAP", "FLUSH", "MAX_LOG_STEP", "MAX_TOKEN_STEP"}
+    for name, value in defines.items():
+        assert float(value) == getattr(exact, name), name
+
+
 def _ratio_measure(seed, size=3000):
     """Sorted y with float16-like ties, a bin of two distinct values and a degenerate bin, and masses q."""
     rng = np.random.default_rng(seed)
