@@ -251,8 +251,15 @@ def logit(r: np.ndarray) -> np.ndarray:
 
 
 def exponentials(w: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """E = e^{−t w} (G, K), the exponent capped at EXP_CAP; one allocation, in place after it.
-    (einsum: numpy's outer product does not vectorise its broadcast operand; 20% faster at k = 1000.)"""
+    """E = e^{−t w} (G, K), the exponent capped at EXP_CAP; one allocation, in place after it. In one pass
+    by pseudo.c where it is built (the same arguments to the bit, libmvec's exp: 2.1× faster at 1000 × 95),
+    else by numpy (einsum: numpy's outer product does not vectorise its broadcast operand; 20% faster)."""
+    library = _pseudo_c()
+    if library is not None and w.dtype == t.dtype == np.float64 and w.ndim == t.ndim == 1:
+        w, t = np.ascontiguousarray(w), np.ascontiguousarray(t)
+        E = np.empty((w.size, t.size))
+        library.exponentials(w.size, t.size, _pointer(w), _pointer(t), _pointer(E))
+        return E
     E = np.einsum("g,k->gk", w, -t)
     np.maximum(E, -EXP_CAP, out=E)
     return exp_(E)
@@ -303,7 +310,9 @@ def rounding_terms(K: int, terms: int, n: int) -> int:
     sums of K positive terms in acc (K); φ = c + Σ_v q_v e^{−t w_v}, a sum of `terms` positive terms in
     sequence whose relative error enters the kernel φⁿ⁻¹ n − 1 times; and each e^{−x}, whose argument
     x = t·w ≤ EXP_CAP is rounded (relative error x·2⁻ᵖ in e^{−x}) and whose value errs by a few units,
-    once in acc and n − 1 times through φ (n·(EXP_CAP + 8); the products around it are in the 8)."""
+    once in acc and n − 1 times through φ (n·(EXP_CAP + 8); the products around it are in the 8; numpy's
+    exp errs by ≤ 0.72 ulp and pseudo.c's libmvec exp by ≤ 2.75, measured over 484 000 entries of e^{−t w}
+    against long double)."""
     return K + (n - 1) * terms + n * (int(EXP_CAP) + 8)
 
 
@@ -780,7 +789,7 @@ def _pseudo_c():
         library = ctypes.CDLL(os.path.join(os.path.dirname(__file__), "_pseudo.so"))
     except OSError:
         return None
-    double, pointer, long = ctypes.c_double, ctypes.POINTER(ctypes.c_double), ctypes.c_long
+    double, pointer, long = ctypes.c_double, ctypes.c_void_p, ctypes.c_long  # pointer: an array's address
     library.pseudo_fit.restype = ctypes.c_int
     library.pseudo_fit.argtypes = [long, ctypes.c_int, pointer, pointer, double, double, double, ctypes.c_int,
                                    double, double, ctypes.c_int, pointer, pointer, long, pointer]
@@ -791,6 +800,8 @@ def _pseudo_c():
                                     double, double, double, long, pointer, pointer, pointer, pointer]
     library.hermite_inverse.restype = ctypes.c_int
     library.hermite_inverse.argtypes = [long, pointer, pointer, pointer, pointer, long, pointer, pointer]
+    library.exponentials.restype = None
+    library.exponentials.argtypes = [long, long, pointer, pointer, pointer]
     return library
 
 
@@ -799,8 +810,9 @@ def has_c_start() -> bool:
     return _pseudo_c() is not None
 
 
-def _pointer(x: np.ndarray):
-    return x.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+def _pointer(x: np.ndarray) -> int:
+    """The address of a C-contiguous float64 array's data, for pseudo.c."""
+    return x.ctypes.data
 
 
 def gauss_bins_c(y, q, width: float = BIN):

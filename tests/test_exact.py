@@ -941,6 +941,22 @@ def test_c_start_is_built():
     assert exact._pseudo_c() is not None, "globalres/_pseudo.so is missing or does not load: run `make setup`"
 
 
+@NO_C
+@pytest.mark.parametrize("G, K", [(1, 1), (5, 3), (72, 95), (1000, 95), (7, 1024)])
+def test_exponentials_in_c_are_numpys_to_a_few_ulp(G, K):
+    # e^{−t w} with the exponent capped at EXP_CAP (e^{−345} ≈ 1.5e-150, never a denormal): the same arguments,
+    # values within 4 ulp of numpy's (each is within ~2 of the true value: `rounding_terms` allows 8)
+    rng = np.random.default_rng(G)
+    w, t = np.exp(rng.normal(0, 8, G)), exact.nodes(-60, -60 + K - 1, 0.25)
+    E = exact.exponentials(w, t)
+    reference = np.exp(np.maximum(np.einsum("g,k->gk", w, -t), -exact.EXP_CAP))
+    assert E.shape == (G, K) and E.min() >= reference.min() * (1 - 1e-15) > 0
+    assert (np.abs(E - reference) <= 4 * np.spacing(reference)).all()
+    # a strided w (a column of a matrix) is copied first, not read as if contiguous
+    W = np.repeat(w[:, None], 3, axis=1)
+    np.testing.assert_array_equal(exact.exponentials(W[:, 1], t), E)
+
+
 def test_c_start_uses_the_constants_of_the_numpy_code():
     source = open(os.path.join(os.path.dirname(exact.__file__), "pseudo.c")).read()
     defines = dict(line.split()[1:3] for line in source.splitlines() if line.startswith("#define"))
@@ -1015,8 +1031,9 @@ def test_compressed_start_is_the_same_with_or_without_c(n, monkeypatch):
     monkeypatch.setattr(exact, "_pseudo_c", lambda: None)
     starts["numpy"] = exact.compressed_start(system, h, tol / 10)
 
-    class Failing:  # every C function that can fail does; y(b) has no failure mode
+    class Failing:  # every C function that can fail does; y(b) and e^{−t w} have no failure mode
         ratio_curve = None if library is None else library.ratio_curve
+        exponentials = None if library is None else library.exponentials
 
         def pseudo_fit(self, *args):
             return -1
