@@ -1070,3 +1070,23 @@ def test_ratio_curve_and_its_inverse_in_c_are_numpy_s(c0):
     shuffled = y[::-1].copy()
     np.testing.assert_array_equal(exact.hermite_inverse_c(curve[0], grid, curve[1], curve[2], shuffled),
                                   exact.hermite_inverse(curve[0], grid, curve[1], curve[2], shuffled))
+
+
+def test_many_tokens_and_drafts_are_certified_with_chunked_phi(monkeypatch):
+    # φ's rounding enters acc n − 1 times: summed in one chain over G tokens the certificate's rounding term
+    # is ~(n − 1)·G·2⁻⁵³ of acc, past tol = 1e-10 for G = 8000, n = 64 (found by fuzzing; `phi_sum`). In
+    # chunks of PHI_CHUNK tokens it is ~(n − 1)(64 + G/64)·2⁻⁵³, and the same fit certifies
+    rng = np.random.default_rng(0)
+    G, n = 8000, 64
+    q = rng.dirichlet(np.full(G, 5.0)) * 0.999
+    b_true = rng.normal(0.0, 1.0, G)
+    target = exact.evaluate_at(exact.System(q, q, 0.0, n, 1), b_true, exact.STEP)["acc"]  # reachable targets
+    system = exact.System(q, target, 0.0, n, 1)
+    phi, terms = exact.phi_sum(q, exact.exponentials(np.exp(b_true), exact.nodes(-40, 10, exact.STEP)), n)
+    assert terms == exact.PHI_CHUNK + G // exact.PHI_CHUNK + 2
+    fit = exact.fit_system(system, b_true + 0.01 * rng.standard_normal(G), tol=1e-11)
+    assert fit["converged"] and fit["l1"] + 2 * fit["quadrature"] <= 1e-10
+    monkeypatch.setattr(exact, "CHAINED", 10**12)  # one chain: the same fit's bound no longer certifies
+    chained = exact.fit_system(system, fit["b"], tol=1e-11)
+    assert chained["l1"] + 2 * chained["quadrature"] > 1e-10
+    np.testing.assert_allclose(chained["acc"], fit["acc"], rtol=1e-12)
